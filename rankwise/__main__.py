@@ -1,0 +1,5 @@
+import sys
+
+from rankwise.cli import main
+
+sys.exit(main())
