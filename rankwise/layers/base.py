@@ -48,7 +48,10 @@ class FactorizedLayer(nn.Module, ABC):
     @classmethod
     @abstractmethod
     def from_dense(cls, layer: nn.Module, rank: Rank, **options: Any) -> FactorizedLayer:
-        """Factorize `layer` at `rank` (see `max_rank`). Raises `RankError` / `UnsupportedLayerError`."""
+        """Factorize `layer` at `rank` (see `max_rank`).
+
+        Raises `RankError` (bad rank) or `UnsupportedLayerError` (layer type/configuration).
+        """
 
     @classmethod
     @abstractmethod
@@ -59,7 +62,7 @@ class FactorizedLayer(nn.Module, ABC):
     @classmethod
     @abstractmethod
     def max_rank(cls, spec: DenseSpec) -> tuple[int, ...]:
-        """Largest meaningful rank per rank dimension (one entry for SVD formats, two for Tucker-2)."""
+        """Largest meaningful rank per rank dimension (1 entry for SVD formats, 2 for Tucker-2)."""
 
     @classmethod
     @abstractmethod

@@ -46,7 +46,8 @@ class ConvSpec:
     def from_conv(cls, conv: nn.Conv2d) -> ConvSpec:
         if not isinstance(conv, nn.Conv2d):
             raise UnsupportedLayerError(
-                f"expected nn.Conv2d, got {type(conv).__name__}; only 2-D convolutions are supported"
+                f"expected nn.Conv2d, got {type(conv).__name__}; "
+                "only 2-D convolutions are supported"
             )
         padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
         return cls(
