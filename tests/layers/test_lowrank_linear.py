@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import hook_macs, json_round_trip, numel, rel_err
+from tests.layers.cases import hook_macs, json_round_trip, numel, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import (
+from tests.layers.cases import (
     EXPLICIT_CASES,
     PADDING_MODES,
     ConvCase,

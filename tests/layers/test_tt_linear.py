@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import json_round_trip, numel, rel_err
+from tests.layers.cases import json_round_trip, numel, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
