@@ -1,5 +1,14 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from rankwise.errors import RankError, UnsupportedLayerError
+from rankwise.layers import FORMATS, ConvSpec, LinearSpec, layer_from_spec
+from rankwise.layers.channel_conv import ChannelLowRankConv2d
+from rankwise.linalg.grouped import channel_matricize_groups, channel_unmatricize_groups
+from rankwise.linalg.matricize import channel_matricize
 from tests.layers.cases import (
     EXPLICIT_CASES,
     ConvCase,
@@ -10,15 +19,6 @@ from tests.layers.cases import (
     numel,
     rel_err,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from rankwise.errors import RankError, UnsupportedLayerError
-from rankwise.layers import FORMATS, ConvSpec, LinearSpec, layer_from_spec
-from rankwise.layers.channel_conv import ChannelLowRankConv2d
-from rankwise.linalg.grouped import channel_matricize_groups, channel_unmatricize_groups
-from rankwise.linalg.matricize import channel_matricize
 
 Cls = ChannelLowRankConv2d
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")

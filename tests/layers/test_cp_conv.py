@@ -2,6 +2,15 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from rankwise.errors import RankError, UnsupportedLayerError
+from rankwise.layers import FORMATS, layer_from_spec
+from rankwise.layers.cp_conv import CPConv2d
+from rankwise.layers.shapes import ConvSpec, LinearSpec
+from rankwise.linalg.cp import cp_reconstruct
 from tests.layers.cases import (
     EXPLICIT_CASES,
     ConvCase,
@@ -12,15 +21,6 @@ from tests.layers.cases import (
     numel,
     rel_err,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from rankwise.errors import RankError, UnsupportedLayerError
-from rankwise.layers import FORMATS, layer_from_spec
-from rankwise.layers.cp_conv import CPConv2d
-from rankwise.layers.shapes import ConvSpec, LinearSpec
-from rankwise.linalg.cp import cp_reconstruct
 
 
 def _set_exact_cp_weight(conv: nn.Conv2d, rank: int, seed: int = 0) -> None:

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from tests.layers.cases import hook_macs, json_round_trip, numel, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -10,6 +9,7 @@ from torch import nn
 from rankwise.errors import RankError, UnsupportedLayerError
 from rankwise.layers import FORMATS, LinearSpec, layer_from_spec
 from rankwise.layers.lowrank_linear import LowRankLinear
+from tests.layers.cases import hook_macs, json_round_trip, numel, rel_err
 
 
 def _linear(i: int, o: int, bias: bool = True, dtype=torch.float64, seed: int = 0) -> nn.Linear:

@@ -1,5 +1,15 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from rankwise.errors import RankError, UnsupportedLayerError
+from rankwise.layers import FORMATS, ConvSpec, LinearSpec, layer_from_spec
+from rankwise.layers.spatial_conv import SpatialLowRankConv2d
+from rankwise.linalg.grouped import spatial_matricize_groups, spatial_unmatricize_groups
+from rankwise.linalg.matricize import spatial_matricize, spatial_unmatricize
+from rankwise.linalg.svd import low_rank_approx
 from tests.layers.cases import (
     EXPLICIT_CASES,
     PADDING_MODES,
@@ -11,16 +21,6 @@ from tests.layers.cases import (
     numel,
     rel_err,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from rankwise.errors import RankError, UnsupportedLayerError
-from rankwise.layers import FORMATS, ConvSpec, LinearSpec, layer_from_spec
-from rankwise.layers.spatial_conv import SpatialLowRankConv2d
-from rankwise.linalg.grouped import spatial_matricize_groups, spatial_unmatricize_groups
-from rankwise.linalg.matricize import spatial_matricize, spatial_unmatricize
-from rankwise.linalg.svd import low_rank_approx
 
 Cls = SpatialLowRankConv2d
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")

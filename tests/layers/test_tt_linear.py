@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from tests.layers.cases import json_round_trip, numel, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -14,6 +13,7 @@ from rankwise.errors import ConfigError, RankError, UnsupportedLayerError
 from rankwise.layers import FORMATS, layer_from_spec
 from rankwise.layers.shapes import ConvSpec, LinearSpec
 from rankwise.layers.tt_linear import TTLinear, balanced_modes
+from tests.layers.cases import json_round_trip, numel, rel_err
 
 
 def _linear(i, o, bias=True, seed=0):

@@ -2,6 +2,14 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from rankwise.errors import RankError, UnsupportedLayerError
+from rankwise.layers import FORMATS, layer_from_spec
+from rankwise.layers.shapes import ConvSpec, LinearSpec
+from rankwise.layers.tucker2_conv import Tucker2Conv2d
 from tests.layers.cases import (
     EXPLICIT_CASES,
     ConvCase,
@@ -12,14 +20,6 @@ from tests.layers.cases import (
     numel,
     rel_err,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from rankwise.errors import RankError, UnsupportedLayerError
-from rankwise.layers import FORMATS, layer_from_spec
-from rankwise.layers.shapes import ConvSpec, LinearSpec
-from rankwise.layers.tucker2_conv import Tucker2Conv2d
 
 
 def test_registered():
