@@ -1,0 +1,112 @@
+"""`rankwise profile MODEL_OR_SAVED_PATH`: params / MACs table and latency of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from rankwise.errors import ConfigError
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`"3,32,32"` → `(3, 32, 32)`; raises `ConfigError` on anything else."""
+    try:
+        shape = tuple(int(s) for s in str(text).replace("x", ",").split(",") if s.strip())
+    except ValueError as e:
+        raise ConfigError(f"--input-shape {text!r}: expected comma-separated ints like 3,32,32") \
+            from e
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r}: expected positive ints like 3,32,32")
+    return shape
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """`create_model` keyword arguments from `--model-arg K=V`, `--num-classes`, `--in-channels`."""
+    kw: dict[str, Any] = {}
+    for item in getattr(args, "model_arg", None) or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. width=32")
+        try:
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
+    if getattr(args, "num_classes", None) is not None:
+        kw["num_classes"] = args.num_classes
+    if getattr(args, "in_channels", None) is not None:
+        kw["in_channels"] = args.in_channels
+    return kw
+
+
+def default_shape(arch: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
+    """`default_input_shape(arch)` with the channel count replaced by `in_channels` if given."""
+    from rankwise.models import default_input_shape
+
+    shape = tuple(int(s) for s in default_input_shape(arch))
+    if "in_channels" in kwargs and len(shape) == 3:
+        shape = (int(kwargs["in_channels"]), *shape[1:])
+    return shape
+
+
+def resolve_target(target: str, args: argparse.Namespace
+                   ) -> tuple[nn.Module, nn.Module | None, tuple[int, ...]]:
+    """(model, dense baseline or None, input shape) for a saved path or a model name."""
+    from rankwise import io
+    from rankwise.models import create_model
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    if Path(target).exists():
+        model = io.load(target)
+        config = io.read_config(target)
+        baseline = None
+        if config.get("arch") and config.get("factorized"):
+            baseline = create_model(config["arch"], **config.get("arch_kwargs", {}))
+        return model, baseline, shape or io.saved_input_shape(target) or _need_shape(target)
+    kw = model_kwargs(args)
+    return create_model(target, **kw), None, shape or default_shape(target, kw)
+
+
+def _need_shape(target: str) -> tuple[int, ...]:
+    raise ConfigError(f"{target} stores no input shape; pass --input-shape, e.g. 3,32,32")
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    from rankwise.profile import profile_model
+
+    model, baseline, shape = resolve_target(args.target, args)
+    batch_sizes = parse_shape(args.batch_sizes)
+    prof = profile_model(model, shape, baseline=baseline, latency=not args.no_latency,
+                         batch_sizes=batch_sizes, device=args.device,
+                         min_run_time=args.min_run_time)
+    if args.json:
+        print(json.dumps(prof.to_dict(), indent=2))
+    else:
+        prof.print()
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "profile", help="params, MACs and latency of a model",
+        description="Per-layer params/MACs table and latency of a zoo model (by name) or of a "
+                    "model saved with rankwise.save / rankwise decompose (by path).")
+    p.add_argument("target", metavar="MODEL_OR_PATH", help="model name (resnet20) or saved dir")
+    p.add_argument("--input-shape", default=None, help="C,H,W without batch (default: model's)")
+    p.add_argument("--no-latency", action="store_true", help="skip the timing runs")
+    p.add_argument("--json", action="store_true", help="print plain JSON instead of a table")
+    p.add_argument("--batch-sizes", default="1,8", help="batch sizes to time (default 1,8)")
+    p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing (0.2)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-channels", type=int, default=None)
+    add_model_arg(p)
+    p.set_defaults(func=profile_command)
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra create_model option, JSON value (e.g. width=16); repeatable")

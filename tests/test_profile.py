@@ -1,0 +1,110 @@
+"""profile_model(): params / MACs by hand, factorized layers, latency fields, baseline ratios."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from torch import nn
+
+from rankwise.errors import ConfigError
+from rankwise.layers import FactorizedLayer
+from rankwise.profile import profile_model
+from rankwise.rank import Ratio
+from rankwise.surgery import decompose
+
+
+def small_cnn() -> nn.Module:
+    # input (3, 8, 8)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),             # out 8×8×8
+        nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),  # out 16×4×4
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+def test_hand_counts_small_cnn():
+    prof = profile_model(small_cnn(), (3, 8, 8), latency=False)
+    conv0_macs = 8 * 8 * 8 * 3 * 3 * 3           # out H·W·n · c·kh·kw = 13,824
+    conv3_macs = 4 * 4 * 16 * 8 * 3 * 3          # 18,432
+    fc_macs = 16 * 10
+    assert prof.macs == conv0_macs + conv3_macs + fc_macs
+    conv0_params = 8 * 3 * 9 + 8
+    conv3_params = 16 * 8 * 9
+    fc_params = 16 * 10 + 10
+    bn_params = 2 * 8
+    assert prof.params == conv0_params + conv3_params + fc_params + bn_params
+    rows = {r.name: r for r in prof.rows}
+    assert rows["0"].macs == conv0_macs and rows["0"].params == conv0_params
+    assert rows["3"].shape == (16, 8, 3, 3) and rows["3"].format is None
+    assert rows["(other)"].params == bn_params and "BatchNorm2d" in rows["(other)"].type
+    assert sum(r.params_share for r in prof.rows) == pytest.approx(1.0)
+    assert sum(r.macs_share for r in prof.rows) == pytest.approx(1.0)
+
+
+def test_linear_on_sequence_counts_tokens():
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 4))
+    prof = profile_model(model, (5, 6), latency=False)  # 5 tokens per sample
+    assert prof.macs == 5 * 6 * 12 + 5 * 12 * 4
+
+
+@pytest.mark.parametrize("fmt", ["channel", "spatial", "tucker2", "cp"])
+def test_factorized_macs_equal_sum_of_layer_macs(fmt):
+    torch.manual_seed(0)
+    model = small_cnn()
+    new, _ = decompose(model, fmt, Ratio(0.5), input_shape=(3, 8, 8))
+    prof = profile_model(new, (3, 8, 8), latency=False)
+    # input sizes of the two convs are known: 8×8 and 8×8 (the second one has stride 2)
+    expected = 0
+    for name, hw in (("0", (8, 8)), ("3", (8, 8))):
+        layer = new.get_submodule(name)
+        if isinstance(layer, FactorizedLayer):
+            expected += layer.macs(hw)
+            assert {r.name: r for r in prof.rows}[name].format == layer.format
+        else:
+            expected += {"0": 8 * 8 * 8 * 27, "3": 4 * 4 * 16 * 72}[name]
+    fc = new.get_submodule("7")
+    expected += fc.macs() if isinstance(fc, FactorizedLayer) else 160
+    assert prof.macs == expected
+    assert prof.params == sum(p.numel() for p in new.parameters())
+
+
+def test_latency_fields_eval_mode_restored_and_baseline():
+    model = small_cnn().train()
+    new, _ = decompose(model, "channel", Ratio(0.25), input_shape=(3, 8, 8))
+    prof = profile_model(new, (3, 8, 8), baseline=model, batch_sizes=(1, 2), min_run_time=0.01)
+    assert set(prof.latency) == {1, 2}
+    for v in prof.latency.values():
+        assert v["median_ms"] > 0 and v["iqr_ms"] >= 0
+    assert new.training and all(m.training for m in new.modules())
+    b = prof.baseline
+    assert b["params_ratio"] == pytest.approx(prof.params / sum(p.numel() for p in
+                                                                model.parameters()))
+    assert b["macs_ratio"] < 1 and set(b["speedup"]) == {1, 2}
+    d = prof.to_dict()
+    assert json.loads(json.dumps(d)) == d and set(d["latency_ms"]) == {"1", "2"}
+    buf = _io.StringIO()
+    Console(file=buf, width=160).print(prof)
+    assert "latency batch 1" in buf.getvalue() and "vs dense baseline" in buf.getvalue()
+
+
+def test_bad_input_shape():
+    with pytest.raises(ConfigError, match="input_shape"):
+        profile_model(small_cnn(), (4, 8, 8), latency=False)
+
+
+@settings(max_examples=20, deadline=None)
+@given(c=st.integers(1, 6), n=st.integers(1, 6), k=st.sampled_from([1, 3, 5]),
+       s=st.integers(1, 3), hw=st.integers(5, 12))
+def test_conv_macs_property(c, n, k, s, hw):
+    model = nn.Sequential(nn.Conv2d(c, n, k, stride=s, padding=k // 2))
+    prof = profile_model(model, (c, hw, hw), latency=False)
+    out = model(torch.zeros(1, c, hw, hw))
+    assert prof.macs == out.numel() * c * k * k  # every output value costs c·k·k MACs
