@@ -31,13 +31,30 @@ def unfold(w: torch.Tensor, mode: int) -> torch.Tensor:
 def mode_spectra(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Singular values (descending) of the mode-0 `(n, c·kh·kw)` and mode-1 `(c, n·kh·kw)`
     unfoldings of `w (n, c, kh, kw)`; lengths `min(n, c·kh·kw)` and `min(c, n·kh·kw)`."""
-    return torch.linalg.svdvals(unfold(w, 0)), torch.linalg.svdvals(unfold(w, 1))
+    return _left_svd(unfold(w, 0))[1], _left_svd(unfold(w, 1))[1]
+
+
+def _left_svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors `(p, min(p, q))` and singular values (descending) of `m (p, q)`.
+
+    Unfoldings of conv weights are wide (`q = p'·kh·kw ≫ p`); for those the eigen-decomposition
+    of the `p × p` Gram matrix `m mᵀ`, accumulated in float64, is several times cheaper than an
+    SVD of `m`. Singular values below ~1e-8·σ_max lose relative precision that way, which does
+    not matter for choosing or truncating ranks; square-ish matrices use the SVD.
+    """
+    p, q = m.shape
+    if q >= 4 * p:
+        gram = m.double() @ m.double().T
+        evals, evecs = torch.linalg.eigh(gram)
+        s = evals.flip(0).clamp_min(0).sqrt().to(m.dtype)
+        return evecs.flip(1).to(m.dtype), s
+    u, s, _ = torch.linalg.svd(m, full_matrices=False)
+    return u, s
 
 
 def _leading_left(m: torch.Tensor, r: int) -> torch.Tensor:
     """The `r` leading left singular vectors of `m (p, q)`: `(p, r)`."""
-    u, _, _ = torch.linalg.svd(m, full_matrices=False)
-    return u[:, :r]
+    return _left_svd(m)[0][:, :r]
 
 
 def tucker2_core(w: torch.Tensor, u_out: torch.Tensor, u_in: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Training paradigms as trainer plug-ins; `METHODS` maps `--method` names to `Method` objects.
 
-Each method module (`trp`, `sfw`, `elrt`, `subspace`) exposes `METHOD: Method`; a module that
-is not written yet is skipped (like `rankwise.cli` skips missing commands).
+Each method module (`trp`, `sfw`, `elrt`, `subspace`, `erank_reg`) exposes `METHOD: Method`;
+a module that is not written yet is skipped (like `rankwise.cli` skips missing commands).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 
 from rankwise.methods.base import DenseConfig, DenseMethod, Method
 
-METHOD_MODULES = ("trp", "sfw", "elrt", "subspace")
+METHOD_MODULES = ("trp", "sfw", "elrt", "subspace", "erank_reg")
 
 
 def _find_method(module: object) -> Method | None:

@@ -43,7 +43,7 @@ def test_exact_cp_rank_weight_is_recovered(case: ConvCase):
     conv = case.make(torch.float64)
     rank = min(2, CPConv2d.max_rank(ConvSpec.from_conv(conv))[0])
     _set_exact_cp_weight(conv, rank)
-    layer = CPConv2d.from_dense(conv, rank, name="features.0")
+    layer = CPConv2d.from_dense(conv, rank, name="features.0", n_iter_max=1000, tol=1e-8)
     x = case.input(dtype=torch.float64)
     assert rel_err(layer(x), conv(x)) < 1e-6
     assert rel_err(layer.dense_weight(), conv.weight) < 1e-6
