@@ -14,9 +14,11 @@ from rankwise.errors import ConfigError
 
 def load_command(args: argparse.Namespace) -> int:
     from rankwise import io
+    from rankwise.compress.pipeline import load_compressed
     from rankwise.profile import example_input, profile_model
 
-    model = io.load(args.path, map_location=args.map_location)
+    # Plain saved models and `rankwise compress` outputs (int8 / entropy-coded) alike.
+    model = load_compressed(args.path, map_location=args.map_location)
     config = io.read_config(args.path)
     shape = parse_shape(args.input_shape) if args.input_shape else io.saved_input_shape(args.path)
     if shape is None:

@@ -56,11 +56,12 @@ def resolve_target(target: str, args: argparse.Namespace
                    ) -> tuple[nn.Module, nn.Module | None, tuple[int, ...]]:
     """(model, dense baseline or None, input shape) for a saved path or a model name."""
     from rankwise import io
+    from rankwise.compress.pipeline import load_compressed
     from rankwise.models import create_model
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
     if Path(target).exists():
-        model = io.load(target)
+        model = load_compressed(target)
         config = io.read_config(target)
         baseline = None
         if config.get("arch") and config.get("factorized"):
