@@ -6,9 +6,11 @@ still zstd). "ans" needs `pip install constriction` (tested with 0.5.0); zstd is
 
 Blob layout (all integers little-endian):
     b"RWQSTATE"            8 bytes magic
-    header_len  uint32     length of the JSON header in bytes
-    header_crc  uint32     zlib.crc32 of the header bytes
-    header      JSON utf-8 {"format", "version", "codec", "level", "entries": [...]}
+    header_len  uint32     length of the (zstd-compressed) JSON header in bytes
+    header_crc  uint32     zlib.crc32 of the compressed header bytes
+    header      zstd frame of JSON utf-8 {"format", "version", "codec", "level", "entries": [...]}
+                (compressed because names, shapes and ANS histograms repeat: on small models an
+                uncompressed header cost more than entropy coding saved)
     payload                one coded block per tensor (a zstd frame or ANS words), back to back
 Each entry: {"name", "group" ("qweight" | "scale" | "other"), "dtype", "shape", "offset",
 "coded_nbytes", "raw_nbytes", "crc32" (of the raw bytes), "coded_crc32" (of the coded block),
@@ -35,7 +37,7 @@ from rankwise.compress.quantize import QuantizedState
 from rankwise.errors import CheckpointError, ConfigError
 
 MAGIC = b"RWQSTATE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sII")
 _GROUPS = ("qweight", "scale", "other")
 CODECS = ("zstd", "ans")
@@ -152,6 +154,7 @@ def encode_state(state: QuantizedState, level: int = 19, codec: str = "zstd") ->
          "level": int(level), "entries": entries},
         separators=(",", ":"),
     ).encode("utf-8")
+    header = zstandard.ZstdCompressor(level=19).compress(header)
     return _PREFIX.pack(MAGIC, len(header), zlib.crc32(header)) + header + b"".join(blocks)
 
 
@@ -172,14 +175,14 @@ def read_header(blob: bytes) -> dict[str, Any]:
     if zlib.crc32(hbytes) != hcrc:
         raise CheckpointError("quantized-state header checksum mismatch; the blob is corrupt")
     try:
-        header = json.loads(hbytes.decode("utf-8"))
+        header = json.loads(zstandard.ZstdDecompressor().decompress(hbytes).decode("utf-8"))
         entries = header["entries"]
         if header["format"] != "rankwise-quantized-state" or header["codec"] not in CODECS:
             raise ValueError(f"unknown format/codec {header['format']!r}/{header['codec']!r}")
         if header["version"] > FORMAT_VERSION:
             raise ValueError(f"version {header['version']} is newer than {FORMAT_VERSION}")
         total = sum(int(e["coded_nbytes"]) for e in entries)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
         raise CheckpointError(f"invalid quantized-state header: {e}") from e
     if start + hlen + total != len(blob):
         raise CheckpointError(
