@@ -35,6 +35,8 @@ def _load_methods() -> dict[str, Method]:
         method = _find_method(module)
         if method is not None:
             methods[method.name] = method
+        for extra in getattr(module, "EXTRA_METHODS", ()):  # e.g. sfw's nuclear-penalty baseline
+            methods[extra.name] = extra
     return methods
 
 
