@@ -68,7 +68,8 @@ QUICK = SuiteConfig(
     epochs=3, finetune=1, lr=0.05, limit_train=10000, limit_test=2000,
     method_args={"trp": ("--trp-energy", "0.9", "--trp-nuclear-weight", "3e-4"),
                  "sfw": ("--sfw-constraint", "spectral-k-support", "--sfw-k", "0.3",
-                         "--sfw-width", "10", "--sfw-rescale", "gradient")},
+                         "--sfw-width", "10", "--sfw-rescale", "gradient", "--wd", "0",
+                         "--sfw-sweep", "none")},
 )
 
 CIFAR10 = SuiteConfig(

@@ -130,3 +130,87 @@ def test_decompose_from_unfinished_training_run(tmp_path, zoo, capsys):
     x = torch.randn(2, 3, 8, 8)
     assert torch.allclose(io.load(out)(x), trained.eval()(x), atol=1e-4)
     assert json.loads((out / "model.json").read_text())["meta"]["source"] == str(run)
+
+
+# ---------------------------------------------------------------- pre-train paradigm end to end
+TRAIN = ["--model", "smallcnn", "--width", "4", "--dataset", "synthetic", "--synthetic-size",
+         "128", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--schedule", "cosine",
+         "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """`rankwise train` of a width-4 smallcnn on 128 synthetic 1×28×28 images."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert main(["train", *TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+def test_train_then_decompose_finetune(trained_run, tmp_path, capsys):
+    from rankwise.cli.train import load_split
+    from rankwise.train import evaluate
+
+    out = tmp_path / "dec"
+    args = ["decompose", "--checkpoint", str(trained_run), "--format", "tucker2", "--rank",
+            "energy:0.9", "--finetune", "1", "--dataset", "synthetic", "--synthetic-size", "128",
+            "--batch-size", "32", "--device", "cpu", "--out", str(out), "--json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)  # --json keeps stdout pure JSON
+    report = json.loads((out / "decompose_report.json").read_text())
+    assert printed["accuracy"] == report["accuracy"]
+    acc = report["accuracy"]
+    assert set(acc) == {"before", "decomposed", "finetuned"}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
+    assert report["rows"] and report["totals"]["params_ratio"] < 1
+    assert report["finetune"]["train_config"]["lr"] == 0.01  # the fine-tuning default
+    assert report["finetune"]["train_config"]["schedule"] == "cosine"
+    assert (out / "finetune" / "checkpoint.pt").is_file()
+
+    model = io.load(out)  # the saved model is the fine-tuned factorized one
+    assert any(isinstance(m, FactorizedLayer) for m in model.modules())
+    test = load_split({"name": "synthetic", "kwargs": {"size": 128, "shape": [1, 28, 28],
+                                                       "num_classes": 10, "seed": 0}}, False)
+    assert evaluate(model, test)["acc"] == pytest.approx(acc["finetuned"])
+    before = io.load(trained_run)
+    assert evaluate(before, test)["acc"] == pytest.approx(acc["before"])
+    meta = json.loads((out / "model.json").read_text())["meta"]
+    assert meta["accuracy"] == acc and meta["finetune_epochs"] == 1
+
+    # resuming a finished fine-tuning run trains nothing more and saves the same model
+    assert main([*args, "--resume"]) == 0
+    again = io.load(out)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_decompose_uses_the_runs_dataset_and_evaluates_without_finetuning(trained_run, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "dec"
+    assert main(["decompose", "--checkpoint", str(trained_run), "--rank", "ratio:0.5",
+                 "--finetune", "0", "--dataset", "synthetic", "--synthetic-size", "64",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy: before" in text and "fine-tuned" not in text
+    assert not (out / "finetune").exists()
+    report = json.loads((out / "decompose_report.json").read_text())
+    assert report["accuracy"]["finetuned"] is None and report["test_samples"] == 64
+    # no --dataset: the run's own dataset (recorded by `rankwise train`) is used
+    out2 = tmp_path / "dec2"
+    assert main(["decompose", "--checkpoint", str(trained_run), "--finetune", "1",
+                 "--limit-train", "64", "--batch-size", "32", "--device", "cpu", "--quiet",
+                 "--out", str(out2)]) == 0
+    report2 = json.loads((out2 / "decompose_report.json").read_text())
+    assert report2["dataset"]["kwargs"]["size"] == 128 and report2["test_samples"] == 128
+    assert report2["finetune"]["metrics"]["step"] == 2  # 64 samples / batch 32, one epoch
+
+
+def test_finetune_errors_exit_2(tmp_path, zoo, capsys):
+    # a bare zoo model records no dataset
+    assert main(["decompose", "--model", "tiny", "--finetune", "1", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    # a negative number of epochs
+    assert main(["decompose", "--model", "tiny", "--dataset", "synthetic", "--finetune", "-1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--finetune" in capsys.readouterr().err

@@ -71,12 +71,12 @@ def test_fan_out_and_uniform_targets():
     target = kaiming_std(spec, "fan_out") ** 2
     assert target == pytest.approx(2 / (48 * 9))
     for dist in ("normal", "uniform"):
-        ms = [float(m.dense_weight().pow(2).mean())
+        ms = [float(m.dense_weight().detach().pow(2).mean())
               for m in _weights("tucker2", spec, (12, 12), 8, mode="fan_out", dist=dist)]
         assert sum(ms) / len(ms) == pytest.approx(target, rel=0.05)
     layer = next(_weights("channel", spec, 6, 1, dist="uniform"))
     bound = math.sqrt(3) * math.sqrt(kaiming_std(spec, "fan_in") ** 2 * 48 / 6)
-    assert float(layer.first.weight.abs().max()) <= bound + 1e-12
+    assert float(layer.first.weight.detach().abs().max()) <= bound + 1e-12
 
 
 def test_tt_fallback_when_cores_cannot_be_left_orthonormal():
@@ -88,7 +88,7 @@ def test_tt_fallback_when_cores_cannot_be_left_orthonormal():
     for _ in range(3000):
         layer = FORMATS["tt"].from_spec(spec, (1, 4, 4), dtype=torch.float64, **opts)
         init_factorized_(layer, generator=gen)
-        ms.append(float(layer.dense_weight().pow(2).mean()))
+        ms.append(float(layer.dense_weight().detach().pow(2).mean()))
     assert sum(ms) / len(ms) == pytest.approx(target, rel=0.1)
 
 
@@ -131,15 +131,15 @@ def test_basis_factors_orthonormal_after_init(fmt, g, c, n, k, frac):
     init_factorized_(layer, generator=torch.Generator().manual_seed(0))
     mats = orthogonal_factors(layer)
     assert mats, fmt
-    assert max(float(gram_deviation(u)) for u in mats) < 1e-20
+    assert max(float(gram_deviation(u.detach())) for u in mats) < 1e-20
 
 
 def test_bias_and_dense_init():
     spec = ConvSpec(16, 8, (3, 3), bias=True)
     layer = init_factorized_(FORMATS["tucker2"].from_spec(spec, (4, 4)))
-    assert float(layer.bias.abs().max()) <= 1 / math.sqrt(16 * 9)
+    assert float(layer.bias.detach().abs().max()) <= 1 / math.sqrt(16 * 9)
     conv = init_dense_(nn.Conv2d(256, 256, 3), mode="fan_out")
-    assert float(conv.weight.std()) == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
+    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
 
 
 def test_errors():
