@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from rankwise.errors import CheckpointError, RankwiseError
+from rankwise.fileio import atomic_write
 from rankwise.layers.base import (
     FactorizedLayer,
     dense_spec_from_dict,
@@ -58,19 +58,6 @@ def _version() -> str:
         except PackageNotFoundError:
             v = "unknown"
     return str(v)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def factorized_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -117,7 +104,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], arch: str | None = None
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _dedup(model.state_dict())
     weights = out / WEIGHTS
-    _atomic_write(weights, save(tensors))
+    atomic_write(weights, save(tensors))
     config = {
         "rankwise_format": FORMAT_VERSION,
         "rankwise_version": _version(),
@@ -134,7 +121,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], arch: str | None = None
     except TypeError as e:
         raise CheckpointError(f"{out / CONFIG}: meta/arch_kwargs are not JSON-serialisable ({e}); "
                               "pass plain numbers, strings, lists and dicts") from e
-    _atomic_write(out / CONFIG, text.encode())
+    atomic_write(out / CONFIG, text.encode())
     return out
 
 

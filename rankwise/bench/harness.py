@@ -13,7 +13,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from rankwise.fileio import atomic_write
 
 Runner = Callable[["Cell"], dict[str, Any]]
 
@@ -39,17 +40,8 @@ class Cell:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as JSON to `path` via a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    atomic_write(path, text.encode("utf-8"))
 
 
 def environment(command: str | None = None) -> dict[str, Any]:
