@@ -106,7 +106,13 @@ def train_command(args: argparse.Namespace) -> int:
     test_data = load_split(spec, False, args.data_dir, args.download, args.limit_test)
     kwargs = model_kwargs_for(args.model, train_data, args.width)
     torch.manual_seed(args.seed)
-    model = create_model(args.model, **kwargs)
+    if getattr(method, "builds_on_meta", False):
+        # Methods that replace layers before training (ELRT) never need the dense weights:
+        # build the base on the meta device so they are never allocated.
+        with torch.device("meta"):
+            model = create_model(args.model, **kwargs)
+    else:
+        model = create_model(args.model, **kwargs)
     model = method.prepare_model(model, method_cfg, train_data.shape)
     meta = {"model": {"name": args.model, "kwargs": kwargs}, "input_shape": list(train_data.shape),
             "dataset": spec, "method": method.name,

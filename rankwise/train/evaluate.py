@@ -38,7 +38,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512,
     n = 0
     try:
         for x, y in loader:
-            if channels_last and device.type == "cuda":
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 logits = model(x)

@@ -70,11 +70,10 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         cuda = self.device.type == "cuda"
-        if (cfg.amp or cfg.channels_last) and not cuda:
-            warnings.warn(f"amp/channels_last only act on CUDA; ignored on {self.device}",
-                          stacklevel=2)
+        if cfg.amp and not cuda:
+            warnings.warn(f"amp only acts on CUDA; ignored on {self.device}", stacklevel=2)
         self.model = model.to(self.device)
-        if cfg.channels_last and cuda:
+        if cfg.channels_last:  # NHWC: also pays on CPU for factorized (1x1-heavy) models
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = optimizer if optimizer is not None else make_sgd(self.model, cfg)
         if cfg.batch_size % self.dist.world_size:
@@ -175,7 +174,7 @@ class Trainer:
             step = self.global_step
             for hook in self.hooks:
                 hook.on_batch_start(self, step)
-            if cfg.channels_last and self.device.type == "cuda":
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, cfg.amp):
                 logits = self.forward_model(x)

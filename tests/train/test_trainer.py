@@ -146,6 +146,16 @@ def test_amp_on_cpu_warns_and_still_trains(tmp_path, train_data):
     assert trainer.fit()["train_loss"] > 0
 
 
+def test_channels_last_on_cpu_matches_default_layout(tmp_path, train_data):
+    # NHWC changes the memory layout, not the math: same seed, same losses to float tolerance.
+    nchw = Trainer(tiny_cnn(), cfg(epochs=1), train_data, None, tmp_path / "a").fit()
+    t = Trainer(tiny_cnn(), cfg(epochs=1, channels_last=True), train_data, None, tmp_path / "b")
+    conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = t.fit()
+    assert nhwc["train_loss"] == pytest.approx(nchw["train_loss"], rel=1e-4)
+
+
 def test_bad_config_values_raise():
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="linear")
