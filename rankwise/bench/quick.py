@@ -18,6 +18,7 @@ measures exactly what users run; finished training runs are reused on resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ import torch
 from rankwise.bench.harness import Cell
 
 LEVELS = (0.5, 0.25)
+# Methods that train a dense-shaped model which is then decomposed at each level, no retraining.
+COMPRESSION_AWARE = ("trp", "sfw", "nuclear-penalty", "erank-reg")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,23 @@ CIFAR10 = SuiteConfig(
     method_args=QUICK.method_args,
 )
 
-SUITES = {"quick": QUICK, "cifar10": CIFAR10}
+# ELRT's format comparison at equal params (issue: the paper's systematic study of formats).
+ELRT_FORMATS = dataclasses.replace(
+    QUICK, name="elrt-formats", models=(QUICK.models[1],), levels=(0.25,),
+    methods=("dense", "elrt:tucker2", "elrt:channel", "elrt:spatial", "elrt:cp"),
+)
+
+# The survey's finding "effective rank beats l1-type sparsity measures", as a training
+# regularizer: the same model regularized by each measure, then cut at the same budgets.
+REGULARIZERS = dataclasses.replace(
+    QUICK, name="regularizers", models=(QUICK.models[1],),
+    methods=("dense", "erank-reg:erank", "erank-reg:nuclear", "erank-reg:l1sv"),
+    method_args={f"erank-reg:{m}": ("--erank-reg-measure", m, "--erank-reg-weight", "1e-3")
+                 for m in ("erank", "nuclear", "l1sv")},
+)
+
+SUITES = {"quick": QUICK, "cifar10": CIFAR10, "elrt-formats": ELRT_FORMATS,
+          "regularizers": REGULARIZERS}
 
 
 def suite_cells(cfg: SuiteConfig) -> list[Cell]:
@@ -98,7 +117,8 @@ def suite_cells(cfg: SuiteConfig) -> list[Cell]:
 
 
 def _train_argv(cfg: SuiteConfig, p: dict[str, Any], method: str, out: Path,
-                extra: tuple[str, ...] = ()) -> list[str]:
+                extra: tuple[str, ...] = (), key: str | None = None) -> list[str]:
+    """`rankwise train` argv of a cell; `key` selects `cfg.method_args` (default `method`)."""
     argv = ["train", "--model", p["model"], "--dataset", cfg.dataset, "--out", str(out),
             "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size),
             "--schedule", cfg.schedule, "--seed", str(p["seed"]), "--quiet", "--method", method]
@@ -112,7 +132,8 @@ def _train_argv(cfg: SuiteConfig, p: dict[str, Any], method: str, out: Path,
         argv += ["--limit-test", str(cfg.limit_test)]
     if cfg.threads:
         argv += ["--num-threads", str(cfg.threads)]
-    return argv + list(cfg.extra_train_args) + list(cfg.method_args.get(method, ())) + list(extra)
+    method_args = cfg.method_args.get(key or method, ())
+    return argv + list(cfg.extra_train_args) + list(method_args) + list(extra)
 
 
 def ensure_run(argv: list[str], out: Path) -> dict[str, Any]:
@@ -191,19 +212,23 @@ def run_suite_cell(cfg: SuiteConfig, root: Path, cell: Cell) -> dict[str, Any]:
         if method == "pretrain":
             model, seconds, info = _pretrain(cfg, model, train, test, level, runs, seconds)
             result.update(info)
-    elif method in ("trp", "sfw"):
-        ensure_run(_train_argv(cfg, p, method, runs / method), runs / method)
-        seconds = train_seconds(runs / method)
-        train, test = _load_splits(runs / method)
+    elif method.split(":")[0] in COMPRESSION_AWARE:
+        # Trained dense-shaped once (variant flags from cfg.method_args[method]), then cut at
+        # each level without retraining.
+        out = runs / method.replace(":", "-")
+        ensure_run(_train_argv(cfg, p, method.split(":")[0], out, key=method), out)
+        seconds = train_seconds(out)
+        train, test = _load_splits(out)
         shape = tuple(train.shape)
-        dense = rio.load(runs / method)
+        dense = rio.load(out)
         result["x_acc_before_compress"] = _measure(dense, test, shape)["acc"]
         model, info = _compress(dense, "channel", level, shape)
         result.update(info)
-    elif method == "elrt":
-        out = runs / f"elrt@{level:g}"
-        extra = ("--elrt-format", "tucker2", "--elrt-rank", f"budget:params={level:g}")
-        ensure_run(_train_argv(cfg, p, "elrt", out, extra), out)
+    elif method.split(":")[0] == "elrt":
+        fmt = method.split(":")[1] if ":" in method else "tucker2"
+        out = runs / (f"elrt@{level:g}" if fmt == "tucker2" else f"elrt-{fmt}@{level:g}")
+        extra = ("--elrt-format", fmt, "--elrt-rank", f"budget:params={level:g}")
+        ensure_run(_train_argv(cfg, p, "elrt", out, extra, key=method), out)
         seconds = train_seconds(out)
         train, test = _load_splits(out)
         shape = tuple(train.shape)

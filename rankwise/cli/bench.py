@@ -70,7 +70,8 @@ def bench_command(args: argparse.Namespace) -> int:
         print(compare_markdown(args.compare, ours))
         return 0
     if args.suite is None:
-        raise SystemExit("rankwise bench: give a SUITE (quick, cifar10, speed) or --compare")
+        raise SystemExit("rankwise bench: give a SUITE (quick, cifar10, speed, elrt-formats, "
+                         "regularizers) or --compare")
     if args.suite == "speed":
         from rankwise.bench.speed import run_speed_suite
 
@@ -84,10 +85,12 @@ def bench_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "bench", help="run a benchmark suite: quick (CPU, Fashion-MNIST), cifar10, speed",
+        "bench", help="run a benchmark suite: quick (CPU, Fashion-MNIST), cifar10, speed, "
+                      "elrt-formats, regularizers",
         description="Resumable benchmark suites. Finished cells are reused; a killed run "
                     "resumes at the next unfinished cell.")
-    p.add_argument("suite", nargs="?", choices=("quick", "cifar10", "speed"))
+    p.add_argument("suite", nargs="?",
+                   choices=("quick", "cifar10", "speed", "elrt-formats", "regularizers"))
     p.add_argument("--out", default=None, help="run directory (default runs/bench-SUITE)")
     p.add_argument("--compare", default=None, metavar="PAPER",
                    help="print a paper's published numbers (trp, sfw, elrt, survey) next to "

@@ -6,7 +6,14 @@ import json
 import pytest
 
 from rankwise.bench.harness import run_cells
-from rankwise.bench.quick import QUICK, SuiteModel, run_suite_cell, suite_cells
+from rankwise.bench.quick import (
+    COMPRESSION_AWARE,
+    QUICK,
+    SUITES,
+    SuiteModel,
+    run_suite_cell,
+    suite_cells,
+)
 from rankwise.bench.report import plot_pareto, summarize, to_markdown
 from rankwise.methods import METHODS
 
@@ -15,9 +22,19 @@ TINY = dataclasses.replace(
     models=(SuiteModel("r20w4", "resnet20", {"width": 4}),),
     epochs=1, finetune=1, lr=0.05, batch_size=64, limit_train=None, limit_test=None,
     levels=(0.5,), extra_train_args=("--synthetic-size", "128"), threads=1,
-    methods=tuple(m for m in ("dense", "pretrain", "trp", "sfw", "elrt")
-                  if m == "pretrain" or m in METHODS),
+    methods=tuple(m for m in ("dense", "pretrain", "trp", "sfw", "elrt", "elrt:channel",
+                              "erank-reg:l1sv")
+                  if m == "pretrain" or m.split(":")[0] in METHODS),
+    method_args={**QUICK.method_args, "erank-reg:l1sv": ("--erank-reg-measure", "l1sv")},
 )
+
+
+def test_every_suite_has_dense_first_and_known_methods():
+    for suite in SUITES.values():
+        assert suite.methods[0] == "dense"
+        for m in suite.methods:
+            base = m.split(":")[0]
+            assert base == "pretrain" or base in METHODS or base in COMPRESSION_AWARE, m
 
 
 def test_suite_cells_are_unique_and_dense_first():
