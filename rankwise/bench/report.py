@@ -40,6 +40,17 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def _latency_ratio(rs: list[dict[str, Any]], dense_ms: float | None,
+                   ms: float | None) -> float | None:
+    """Dense / compressed latency: from interleaved pairs (`latency_ref_ms`) when the cells
+    timed their own dense reference alongside, else from the dense row."""
+    pairs = [x["latency_ref_ms"] / x["latency_ms"] for x in rs
+             if x.get("latency_ref_ms") and x.get("latency_ms")]
+    if pairs:
+        return statistics.fmean(pairs)
+    return dense_ms / ms if dense_ms and ms else None
+
+
 def summarize(results: list[dict[str, Any]]) -> list[Row]:
     """Aggregate finished cells over seeds; ratios are dense / compressed (bigger is better)."""
     buckets: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -75,7 +86,7 @@ def summarize(results: list[dict[str, Any]]) -> list[Row]:
             d_acc=statistics.fmean(accs) - ref["acc"] if ref.get("acc") is not None else None,
             params=params, macs=macs, latency_ms=lat,
             params_x=ratio(ref.get("params"), params), macs_x=ratio(ref.get("macs"), macs),
-            latency_x=ratio(ref.get("latency_ms"), lat),
+            latency_x=_latency_ratio(rs, ref.get("latency_ms"), lat),
             train_seconds=_mean([x.get("train_seconds") for x in rs]),
             extra={k: _mean([x.get(k) for x in rs]) for k in sorted(extra_keys)},
         ))

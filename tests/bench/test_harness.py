@@ -84,3 +84,16 @@ def test_compare_lists_paper_rows():
     assert "90.50" in md and "91.74" in md
     with pytest.raises(KeyError):
         compare_markdown("nope")
+
+
+def test_latency_ratio_prefers_interleaved_reference(tmp_path):
+    def run(cell):
+        res = {"group": "g", "method": cell.key, "level": "-", "seed": 0, "acc": 50.0,
+               "params": 10, "macs": 10, "latency_ms": 2.0}
+        if cell.key != "dense":
+            res["latency_ref_ms"] = 5.0  # the dense model timed alongside, under the same load
+        return res
+
+    rows = summarize(run_cells([Cell("dense"), Cell("x")], run, tmp_path, progress=False))
+    x = next(r for r in rows if r.method == "x")
+    assert x.latency_x == pytest.approx(2.5)  # 5 / 2, not the dense row's 2 / 2
