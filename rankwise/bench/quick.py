@@ -263,8 +263,11 @@ def _pretrain(cfg: SuiteConfig, model, train, test, level: float, runs: Path,
     from rankwise.train import TrainConfig
 
     out = runs / f"pretrain@{level:g}"
+    # The fine-tuning recipe follows the suite's (same augmentation), at a tenth of its lr.
     train_cfg = TrainConfig(epochs=cfg.finetune, batch_size=cfg.batch_size, lr=cfg.lr / 10,
-                            schedule="cosine", seed=0, quiet=True)
+                            schedule="cosine", seed=0, quiet=True,
+                            augment="--no-augment" not in cfg.extra_train_args,
+                            num_threads=cfg.threads)
     try:
         from rankwise.pretrain import decompose_and_finetune
     except ImportError:  # pragma: no cover - only while the pre-train API is missing
