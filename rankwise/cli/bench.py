@@ -75,7 +75,8 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.suite == "speed":
         from rankwise.bench.speed import run_speed_suite
 
-        path = run_speed_suite(args.out or "runs/bench-speed", quick=args.epochs == 0)
+        path = run_speed_suite(args.out or "runs/bench-speed", quick=args.reduced,
+                               threads=args.threads, resume=not args.no_resume)
         print(Path(path).read_text() if Path(path).is_file() else path)
         return 0
     out = _method_suite(args)
@@ -102,5 +103,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    p.add_argument("--reduced", action="store_true",
+                   help="speed: ImageNet models at 112x112, shorter timing, CP timed on layer1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=bench_command)
