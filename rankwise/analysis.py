@@ -34,6 +34,7 @@ from rankwise.linalg.spectra import (
     numerical_rank,
     stable_rank,
 )
+from rankwise.linalg.svd import svdvals
 
 ENERGIES: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99)
 SCHEMES = ("channel", "spatial")
@@ -109,7 +110,7 @@ def matricize_groups(w: torch.Tensor, scheme: str, groups: int = 1) -> torch.Ten
 def weight_spectrum(w: torch.Tensor, scheme: str = "channel", groups: int = 1) -> torch.Tensor:
     """Singular values (float64, descending, `(Σ_g min(p, q),)`) of a weight's matricization."""
     m = matricize_groups(w.detach().to(device="cpu", dtype=torch.float64), scheme, groups)
-    s = torch.linalg.svdvals(m).reshape(-1)
+    s = svdvals(m).reshape(-1)
     return torch.sort(s, descending=True).values
 
 

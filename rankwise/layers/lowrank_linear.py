@@ -20,6 +20,7 @@ from rankwise.errors import RankError, UnsupportedLayerError
 from rankwise.layers.base import DenseSpec, FactorizedLayer, register_format
 from rankwise.layers.shapes import LinearSpec, Pair, linear_macs, linear_params
 from rankwise.linalg.grouped import grouped_balanced_factors, svd_dtype
+from rankwise.linalg.svd import svdvals
 
 
 def check_rank(rank: Any, max_rank: int, fmt: str, where: str, per_group: bool = False) -> int:
@@ -143,7 +144,7 @@ class LowRankLinear(FactorizedLayer):
                 f"{describe_linear(spec)}: weight has shape {tuple(weight.shape)}, expected "
                 f"{expected}; pass the weight of the layer this spec describes"
             )
-        return [torch.linalg.svdvals(weight.detach().to(svd_dtype(weight.dtype)))]
+        return [svdvals(weight.detach().to(svd_dtype(weight.dtype)))]
 
     @classmethod
     def cost(cls, spec: DenseSpec, rank: Any, input_hw: Pair | None = None) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from rankwise.linalg.svd import balanced_factors
+from rankwise.linalg.svd import balanced_factors, svdvals
 
 
 def svd_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -79,5 +79,5 @@ def pooled_singular_values(m: torch.Tensor) -> torch.Tensor:
     like an ordinary spectrum. With one group it is the plain singular values. Float64 for float64
     input, else float32.
     """
-    s = torch.linalg.svdvals(m.to(svd_dtype(m.dtype)))  # (g, min(p, q))
+    s = svdvals(m.to(svd_dtype(m.dtype)))  # (g, min(p, q))
     return s.square().sum(dim=0).sqrt()

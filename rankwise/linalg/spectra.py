@@ -20,6 +20,7 @@ import math
 import torch
 
 from rankwise.errors import ConfigError, RankError
+from rankwise.linalg.svd import svdvals
 
 ENERGY_TOL = 1e-12
 """Slack on cumulative-energy comparisons (float64 rounding of the cumulative sum)."""
@@ -51,7 +52,7 @@ def singular_values(m: torch.Tensor) -> torch.Tensor:
     """
     if m.dim() < 2:
         raise RankError(f"singular_values needs a matrix (..., p, q), got shape {tuple(m.shape)}")
-    s = torch.linalg.svdvals(m.detach().to(torch.float64))
+    s = svdvals(m.detach().to(torch.float64))
     return s.to(dtype=m.dtype if m.is_floating_point() else torch.float64)
 
 

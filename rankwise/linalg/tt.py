@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from rankwise.linalg.svd import thin_svd
+
 
 def tt_max_ranks(shape: Sequence[int]) -> tuple[int, ...]:
     """Largest useful internal TT ranks of a tensor of `shape`:
@@ -58,7 +60,7 @@ def tt_svd(t: torch.Tensor, max_ranks: Sequence[int]) -> list[torch.Tensor]:
     for k in range(d - 1):
         size = t.shape[k]
         m = rest.reshape(r_prev * size, -1)
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        u, s, vh = thin_svd(m)
         r = ranks[k]
         keep = min(r, s.shape[0])
         core = m.new_zeros(r_prev * size, r)

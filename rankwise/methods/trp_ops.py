@@ -30,6 +30,7 @@ from rankwise.linalg.grouped import (
     svd_dtype,
 )
 from rankwise.linalg.spectra import ENERGY_TOL
+from rankwise.linalg.svd import thin_svd
 from rankwise.profile import trace_inputs
 
 SCHEMES = ("channel", "spatial")
@@ -93,7 +94,7 @@ def trp_project(
     """
     work = mats.detach().to(svd_dtype(mats.dtype))
     try:
-        u, s, vh = torch.linalg.svd(work, full_matrices=False)
+        u, s, vh = thin_svd(work)
     except (RuntimeError, torch.linalg.LinAlgError) as e:
         raise NonFiniteLossError(
             f"TRP: SVD of a {tuple(mats.shape)} weight stack failed ({e}); the weights are not "
