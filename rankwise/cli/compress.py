@@ -95,13 +95,17 @@ def compress_command(args: argparse.Namespace) -> int:
 
     result = run_pipeline(loaded.model, cfg, shape, evaluate=measure, inplace=True)
     out = Path(args.out)
+    # The dataset spec in the form `rankwise train` records, so `rankwise eval OUT` finds it.
+    spec = (loaded.run_config or {}).get("dataset")
+    if not isinstance(spec, dict) or spec.get("name") != getattr(data, "name", None):
+        spec = {"name": getattr(data, "name", None), "kwargs": {}}
     meta = {"command": "compress", "source": str(loaded.path or args.run),
-            "dataset": getattr(data, "name", None), "test_samples": len(data)}
+            "dataset": spec, "test_samples": len(data)}
     save_compressed(result, out, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs,
                     input_shape=shape, meta=meta)
     report = {**meta, "input_shape": list(shape), **result.to_dict()}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    title = f"Compression pipeline: {args.run} on {meta['dataset']} ({len(data)} test samples)"
+    title = f"Compression pipeline: {args.run} on {spec['name']} ({len(data)} test samples)"
     (out / "report.md").write_text(stage_markdown(result, title))
     if args.json:
         print(json.dumps({"stages": report["stages"], "out": str(out)}, indent=2))

@@ -128,7 +128,7 @@ def test_compress_dataset_from_run_config_and_filter_prune(run_dir, tmp_path, ca
                  "--limit-test", "64", "--out", str(out), "--json"]) == 0
     stages = json.loads(capsys.readouterr().out)["stages"]
     report = json.loads((out / "report.json").read_text())
-    assert report["dataset"] == "synthetic" and report["test_samples"] == 64
+    assert report["dataset"]["name"] == "synthetic" and report["test_samples"] == 64
     assert [s["stage"] for s in stages] == ["baseline", "prune", "quantize"]
     assert stages[1]["effective_macs"] < stages[1]["macs"]
     assert (out / "model.int8.safetensors").is_file()
@@ -153,6 +153,13 @@ def test_rankwise_load_reads_compressed_dir(run_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["load", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["output_shape"] == [1, 10]
+    # `rankwise eval` reads the int8 + entropy-coded directory and reproduces the last stage.
+    report = json.loads((out / "report.json").read_text())
+    assert main(["eval", str(out), "--limit", "32", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["samples"] == report["test_samples"] == 32
+    assert evaluated["acc"] == pytest.approx(report["stages"][-1]["acc"], abs=1e-12)
+    assert evaluated["loss"] == pytest.approx(report["stages"][-1]["loss"], rel=1e-6)
 
 
 def test_train_cli_run_then_erank_reg_analyze_and_compress(tmp_path, capsys):
