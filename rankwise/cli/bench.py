@@ -31,7 +31,7 @@ def _method_suite(args: argparse.Namespace) -> Path:
         overrides["threads"] = args.threads
     cfg = dataclasses.replace(cfg, **overrides)
     out = Path(args.out or f"runs/bench-{cfg.name}")
-    command = "rankwise " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rankwise") else None
+    command = "rankwise " + " ".join(sys.argv[1:])  # `rankwise ...` and `python -m rankwise ...`
     results = run_cells(suite_cells(cfg), lambda c: run_suite_cell(cfg, out, c), out,
                         resume=not args.no_resume, command=command, progress=not args.quiet)
     rows = summarize(results)
