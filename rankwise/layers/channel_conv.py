@@ -19,49 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.errors import UnsupportedLayerError
-from rankwise.layers.base import DenseSpec, FactorizedLayer, register_format
-from rankwise.layers.lowrank_linear import check_rank
-from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs, conv2d_output_hw, conv2d_params
+from rankwise.layers.base import DenseSpec, register_format
+from rankwise.layers.shapes import ConvSpec
+from rankwise.layers.two_conv import (
+    TwoConvLowRank,
+    check_conv_weight,
+    conv_spec_of,
+    require_conv_spec,
+)
 from rankwise.linalg.grouped import (
     channel_matricize_groups,
     channel_unmatricize_groups,
     grouped_balanced_factors,
     pooled_singular_values,
 )
-
-
-def describe_conv(spec: ConvSpec) -> str:
-    """Short description of a dense conv, used in messages when no module path is known."""
-    return (
-        f"Conv2d({spec.in_channels}, {spec.out_channels}, kernel_size={spec.kernel_size}, "
-        f"groups={spec.groups})"
-    )
-
-
-def require_conv_spec(spec: DenseSpec, fmt: str, where: str | None) -> ConvSpec:
-    """`spec` if it is a `ConvSpec`, else `UnsupportedLayerError` naming the layer and the fix."""
-    if not isinstance(spec, ConvSpec):
-        raise UnsupportedLayerError(
-            f"{where or spec}: format {fmt!r} factorizes nn.Conv2d only, got "
-            f"{type(spec).__name__}; use format 'svd' (or 'tt') for nn.Linear"
-        )
-    return spec
-
-
-def conv_spec_of(layer: nn.Module, fmt: str, name: str | None) -> ConvSpec:
-    """The `ConvSpec` of a dense `nn.Conv2d`, or `UnsupportedLayerError` naming the layer."""
-    where = name or type(layer).__name__
-    if not isinstance(layer, nn.Conv2d):
-        raise UnsupportedLayerError(
-            f"{where}: format {fmt!r} factorizes nn.Conv2d only, got {type(layer).__name__}; "
-            "use format 'svd' (or 'tt') for nn.Linear and keep other layers dense"
-        )
-    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
-        raise UnsupportedLayerError(
-            f"{where}: weight is not initialised yet; run one forward pass before factorizing"
-        )
-    return ConvSpec.from_conv(layer)
 
 
 def channel_factor_specs(spec: ConvSpec, rank: int) -> tuple[ConvSpec, ConvSpec]:
@@ -85,44 +56,25 @@ def channel_factor_specs(spec: ConvSpec, rank: int) -> tuple[ConvSpec, ConvSpec]
     return first, second
 
 
-def _make(
-    spec: ConvSpec, device: torch.device | str | None, dtype: torch.dtype | None
-) -> nn.Conv2d:
-    return spec.make().to(device=device, dtype=dtype)
-
-
 @register_format
-class ChannelLowRankConv2d(FactorizedLayer):
+class ChannelLowRankConv2d(TwoConvLowRank):
     """`y = second(first(x))`: kh×kw conv `c → g·r`, then 1×1 conv `g·r → n` (bias).
 
     Input `(B, c, H, W)`, output `(B, n, H', W')` as for the dense conv. `rank` is per group.
+    Params `r·c·kh·kw + n·r (+ n bias)`; MACs `H'·W'·(r·c·kh·kw + n·r)`.
     """
 
     format = "channel"
-    dense_type = nn.Conv2d
 
-    def __init__(
-        self,
-        spec: ConvSpec,
-        rank: int,
-        *,
-        name: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        spec = require_conv_spec(spec, self.format, name)
-        r = check_rank(
-            rank, self.max_rank(spec)[0], self.format, name or describe_conv(spec),
-            per_group=spec.groups > 1,
-        )
-        self.dense_spec = spec
-        self._rank = r
-        first, second = channel_factor_specs(spec, r)
-        self.first = _make(first, device, dtype)
-        self.second = _make(second, device, dtype)
+    @classmethod
+    def factor_specs(cls, spec: ConvSpec, rank: int) -> tuple[ConvSpec, ConvSpec]:
+        return channel_factor_specs(spec, rank)
 
-    # ----- construction -------------------------------------------------------------------
+    @classmethod
+    def per_pixel_macs(cls, spec: ConvSpec, rank: int) -> int:
+        kh, kw = spec.kernel_size
+        return rank * spec.in_channels * kh * kw + spec.out_channels * rank
+
     @classmethod
     def from_dense(
         cls, layer: nn.Module, rank: Any, *, name: str | None = None
@@ -142,20 +94,6 @@ class ChannelLowRankConv2d(FactorizedLayer):
         return out
 
     @classmethod
-    def from_spec(
-        cls,
-        spec: DenseSpec,
-        rank: Any,
-        *,
-        name: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> ChannelLowRankConv2d:
-        """Fresh layer (default `nn.Conv2d` init of both sub-convs)."""
-        return cls(spec, rank, name=name, device=device, dtype=dtype)  # type: ignore[arg-type]
-
-    # ----- rank bookkeeping ---------------------------------------------------------------
-    @classmethod
     def max_rank(cls, spec: DenseSpec) -> tuple[int, ...]:
         """`(min(n/g, (c/g)·kh·kw),)` — per group."""
         spec = require_conv_spec(spec, cls.format, None)
@@ -174,33 +112,6 @@ class ChannelLowRankConv2d(FactorizedLayer):
         check_conv_weight(weight, spec)
         return [pooled_singular_values(channel_matricize_groups(weight.detach(), spec.groups))]
 
-    @classmethod
-    def cost(cls, spec: DenseSpec, rank: Any, input_hw: Pair | None = None) -> tuple[int, int]:
-        """`(params, MACs)`: params `r·c·kh·kw + n·r (+ n bias)`; MACs `H'·W'·(r·c·kh·kw + n·r)`.
-
-        `input_hw=None` gives MACs per output pixel (`H' = W' = 1`).
-        """
-        spec = require_conv_spec(spec, cls.format, None)
-        r = check_rank(rank, cls.max_rank(spec)[0], cls.format, describe_conv(spec),
-                       per_group=spec.groups > 1)
-        first, second = channel_factor_specs(spec, r)
-        params = conv2d_params(first) + conv2d_params(second)
-        if input_hw is None:
-            kh, kw = spec.kernel_size
-            return params, r * spec.in_channels * kh * kw + spec.out_channels * r
-        mid_hw = conv2d_output_hw(first, input_hw)
-        return params, conv2d_macs(first, input_hw) + conv2d_macs(second, mid_hw)
-
-    # ----- forward / reconstruction -------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, c, H, W) -> (B, n, H', W')`."""
-        return self.second(self.first(x))
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The dense conv's bias `(n,)` (lives in `second`), or None."""
-        return self.second.bias
-
     def dense_weight(self) -> torch.Tensor:
         """`A_j B_j` per group, shape `(n, c/g, kh, kw)`."""
         s, g, r = self.dense_spec, self.dense_spec.groups, self._rank
@@ -208,22 +119,3 @@ class ChannelLowRankConv2d(FactorizedLayer):
         b = self.first.weight.reshape(g, r, -1)
         shape = (s.out_channels, s.in_channels // g, *s.kernel_size)
         return channel_unmatricize_groups(a @ b, shape)
-
-    def extra_repr(self) -> str:
-        s = self.dense_spec
-        return (
-            f"{s.in_channels} -> {s.out_channels}, kernel_size={s.kernel_size}, "
-            f"stride={s.stride}, padding={s.padding!r}, dilation={s.dilation}, "
-            f"groups={s.groups}, rank={self._rank} (max {self.max_rank(s)[0]}"
-            f"{' per group' if s.groups > 1 else ''}), padding_mode={s.padding_mode}"
-        )
-
-
-def check_conv_weight(weight: torch.Tensor, spec: ConvSpec) -> None:
-    """Raise `UnsupportedLayerError` unless `weight` has the shape `(n, c/g, kh, kw)` of `spec`."""
-    expected = (spec.out_channels, spec.in_channels // spec.groups, *spec.kernel_size)
-    if tuple(weight.shape) != expected:
-        raise UnsupportedLayerError(
-            f"{describe_conv(spec)}: weight has shape {tuple(weight.shape)}, expected {expected}; "
-            "pass the weight of the conv this spec describes"
-        )

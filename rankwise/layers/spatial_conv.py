@@ -21,15 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.layers.base import DenseSpec, FactorizedLayer, register_format
-from rankwise.layers.channel_conv import (
+from rankwise.layers.base import DenseSpec, register_format
+from rankwise.layers.shapes import ConvSpec, Pair
+from rankwise.layers.two_conv import (
+    TwoConvLowRank,
     check_conv_weight,
     conv_spec_of,
-    describe_conv,
     require_conv_spec,
 )
-from rankwise.layers.lowrank_linear import check_rank
-from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs, conv2d_output_hw, conv2d_params
 from rankwise.linalg.grouped import (
     grouped_balanced_factors,
     pooled_singular_values,
@@ -63,35 +62,24 @@ def spatial_factor_specs(spec: ConvSpec, rank: int) -> tuple[ConvSpec, ConvSpec]
 
 
 @register_format
-class SpatialLowRankConv2d(FactorizedLayer):
+class SpatialLowRankConv2d(TwoConvLowRank):
     """`y = second(first(x))`: kh×1 conv `c → g·r`, then 1×kw conv `g·r → n` (bias).
 
     Input `(B, c, H, W)`, output `(B, n, H', W')` as for the dense conv. `rank` is per group.
+    Params `r·c·kh + n·r·kw (+ n bias)`; with stride 1 and "same" padding MACs
+    `H·W·(r·c·kh + n·r·kw)` (in general the intermediate map is strided in H only).
     """
 
     format = "spatial"
-    dense_type = nn.Conv2d
 
-    def __init__(
-        self,
-        spec: ConvSpec,
-        rank: int,
-        *,
-        name: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        spec = require_conv_spec(spec, self.format, name)
-        r = check_rank(
-            rank, self.max_rank(spec)[0], self.format, name or describe_conv(spec),
-            per_group=spec.groups > 1,
-        )
-        self.dense_spec = spec
-        self._rank = r
-        first, second = spatial_factor_specs(spec, r)
-        self.first = first.make().to(device=device, dtype=dtype)
-        self.second = second.make().to(device=device, dtype=dtype)
+    @classmethod
+    def factor_specs(cls, spec: ConvSpec, rank: int) -> tuple[ConvSpec, ConvSpec]:
+        return spatial_factor_specs(spec, rank)
+
+    @classmethod
+    def per_pixel_macs(cls, spec: ConvSpec, rank: int) -> int:
+        kh, kw = spec.kernel_size
+        return rank * spec.in_channels * kh + spec.out_channels * rank * kw
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
@@ -115,19 +103,6 @@ class SpatialLowRankConv2d(FactorizedLayer):
                 out.second.bias.copy_(layer.bias.detach())
         return out
 
-    @classmethod
-    def from_spec(
-        cls,
-        spec: DenseSpec,
-        rank: Any,
-        *,
-        name: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SpatialLowRankConv2d:
-        """Fresh layer (default `nn.Conv2d` init of both sub-convs)."""
-        return cls(spec, rank, name=name, device=device, dtype=dtype)  # type: ignore[arg-type]
-
     # ----- rank bookkeeping ---------------------------------------------------------------
     @classmethod
     def max_rank(cls, spec: DenseSpec) -> tuple[int, ...]:
@@ -148,35 +123,7 @@ class SpatialLowRankConv2d(FactorizedLayer):
         check_conv_weight(weight, spec)
         return [pooled_singular_values(spatial_matricize_groups(weight.detach(), spec.groups))]
 
-    @classmethod
-    def cost(cls, spec: DenseSpec, rank: Any, input_hw: Pair | None = None) -> tuple[int, int]:
-        """`(params, MACs)`: params `r·c·kh + n·r·kw (+ n bias)`; MACs of both sub-convs.
-
-        With stride 1 and "same" padding the MACs are `H·W·(r·c·kh + n·r·kw)`; in general the
-        intermediate map is `(H', W_in')` (strided in H only), so the first conv is counted on it.
-        `input_hw=None` gives MACs per output pixel, `r·c·kh + n·r·kw` (TRP's counting).
-        """
-        spec = require_conv_spec(spec, cls.format, None)
-        r = check_rank(rank, cls.max_rank(spec)[0], cls.format, describe_conv(spec),
-                       per_group=spec.groups > 1)
-        first, second = spatial_factor_specs(spec, r)
-        params = conv2d_params(first) + conv2d_params(second)
-        if input_hw is None:
-            kh, kw = spec.kernel_size
-            return params, r * spec.in_channels * kh + spec.out_channels * r * kw
-        mid_hw = conv2d_output_hw(first, input_hw)
-        return params, conv2d_macs(first, input_hw) + conv2d_macs(second, mid_hw)
-
     # ----- forward / reconstruction -------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, c, H, W) -> (B, n, H', W')`."""
-        return self.second(self.first(x))
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The dense conv's bias `(n,)` (lives in `second`), or None."""
-        return self.second.bias
-
     def dense_weight(self) -> torch.Tensor:
         """`A_j B_j` per group, un-matricized, shape `(n, c/g, kh, kw)`."""
         s, g, r = self.dense_spec, self.dense_spec.groups, self._rank
@@ -185,12 +132,3 @@ class SpatialLowRankConv2d(FactorizedLayer):
         a = a.reshape(g, n // g * kw, r)
         b = self.first.weight.reshape(g, r, -1)
         return spatial_unmatricize_groups(a @ b, (n, s.in_channels // g, kh, kw))
-
-    def extra_repr(self) -> str:
-        s = self.dense_spec
-        return (
-            f"{s.in_channels} -> {s.out_channels}, kernel_size={s.kernel_size}, "
-            f"stride={s.stride}, padding={s.padding!r}, dilation={s.dilation}, "
-            f"groups={s.groups}, rank={self._rank} (max {self.max_rank(s)[0]}"
-            f"{' per group' if s.groups > 1 else ''}), padding_mode={s.padding_mode}"
-        )
