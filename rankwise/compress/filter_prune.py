@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from rankwise.compress.prune import (
+    SparsityRow,
     _check_amount,
     dense_layer_macs,
     layer_input_sizes,
@@ -29,26 +30,17 @@ from rankwise.errors import ConfigError, UnsupportedLayerError
 
 
 @dataclass(frozen=True)
-class FilterPruneRow:
-    """One layer. `params`/`effective_params` include the bias; MACs are per sample, 0 if the layer
-    was not reached by the forward pass used for counting (or no `input_shape` was given)."""
+class FilterPruneRow(SparsityRow):
+    """One layer: `SparsityRow`'s weight counts plus filters and effective costs. `params` /
+    `effective_params` include the bias; MACs are per sample, 0 if the layer was not reached by
+    the forward pass used for counting (or no `input_shape` was given)."""
 
-    name: str
-    filters: int
-    pruned_filters: int
-    total: int  # weight entries
-    zeros: int  # weight entries now exactly zero
-    params: int
-    effective_params: int
-    macs: int
-    effective_macs: int
-
-    @property
-    def fraction(self) -> float:
-        return self.zeros / self.total if self.total else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fraction": self.fraction}
+    filters: int = 0
+    pruned_filters: int = 0
+    params: int = 0
+    effective_params: int = 0
+    macs: int = 0
+    effective_macs: int = 0
 
 
 @dataclass
