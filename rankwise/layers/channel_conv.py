@@ -23,7 +23,6 @@ from rankwise.layers.base import DenseSpec, register_format
 from rankwise.layers.shapes import ConvSpec
 from rankwise.layers.two_conv import (
     TwoConvLowRank,
-    check_conv_weight,
     conv_spec_of,
     require_conv_spec,
 )
@@ -31,7 +30,6 @@ from rankwise.linalg.grouped import (
     channel_matricize_groups,
     channel_unmatricize_groups,
     grouped_balanced_factors,
-    pooled_singular_values,
 )
 
 
@@ -75,6 +73,8 @@ class ChannelLowRankConv2d(TwoConvLowRank):
         kh, kw = spec.kernel_size
         return rank * spec.in_channels * kh * kw + spec.out_channels * rank
 
+    matricize_groups = staticmethod(channel_matricize_groups)  # per group `(n/g, (c/g)·kh·kw)`
+
     @classmethod
     def from_dense(
         cls, layer: nn.Module, rank: Any, *, name: str | None = None
@@ -100,17 +100,6 @@ class ChannelLowRankConv2d(TwoConvLowRank):
         g = spec.groups
         kh, kw = spec.kernel_size
         return (min(spec.out_channels // g, spec.in_channels // g * kh * kw),)
-
-    @classmethod
-    def spectra(cls, weight: torch.Tensor, spec: DenseSpec) -> list[torch.Tensor]:
-        """`[s]`, `s (max_rank,)` descending: singular values of the `(n/g, (c/g)·kh·kw)` matrix.
-
-        With groups, `s_i = sqrt(Σ_j σ_{j,i}²)` pools the groups' i-th singular values
-        (`pooled_singular_values`): keeping rank r per group leaves error `sqrt(Σ_{i>r} s_i²)`.
-        """
-        spec = require_conv_spec(spec, cls.format, None)
-        check_conv_weight(weight, spec)
-        return [pooled_singular_values(channel_matricize_groups(weight.detach(), spec.groups))]
 
     def dense_weight(self) -> torch.Tensor:
         """`A_j B_j` per group, shape `(n, c/g, kh, kw)`."""

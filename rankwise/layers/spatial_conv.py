@@ -25,13 +25,11 @@ from rankwise.layers.base import DenseSpec, register_format
 from rankwise.layers.shapes import ConvSpec, Pair
 from rankwise.layers.two_conv import (
     TwoConvLowRank,
-    check_conv_weight,
     conv_spec_of,
     require_conv_spec,
 )
 from rankwise.linalg.grouped import (
     grouped_balanced_factors,
-    pooled_singular_values,
     spatial_matricize_groups,
     spatial_unmatricize_groups,
 )
@@ -82,6 +80,8 @@ class SpatialLowRankConv2d(TwoConvLowRank):
         return rank * spec.in_channels * kh + spec.out_channels * rank * kw
 
     # ----- construction -------------------------------------------------------------------
+    matricize_groups = staticmethod(spatial_matricize_groups)  # per group `((n/g)·kw, (c/g)·kh)`
+
     @classmethod
     def from_dense(
         cls, layer: nn.Module, rank: Any, *, name: str | None = None
@@ -112,18 +112,6 @@ class SpatialLowRankConv2d(TwoConvLowRank):
         kh, kw = spec.kernel_size
         return (min(spec.out_channels // g * kw, spec.in_channels // g * kh),)
 
-    @classmethod
-    def spectra(cls, weight: torch.Tensor, spec: DenseSpec) -> list[torch.Tensor]:
-        """`[s]`, `s (max_rank,)` descending: singular values of the `((n/g)·kw, (c/g)·kh)` matrix.
-
-        With groups, `s_i = sqrt(Σ_j σ_{j,i}²)` pools the groups' i-th singular values
-        (`pooled_singular_values`): keeping rank r per group leaves error `sqrt(Σ_{i>r} s_i²)`.
-        """
-        spec = require_conv_spec(spec, cls.format, None)
-        check_conv_weight(weight, spec)
-        return [pooled_singular_values(spatial_matricize_groups(weight.detach(), spec.groups))]
-
-    # ----- forward / reconstruction -------------------------------------------------------
     def dense_weight(self) -> torch.Tensor:
         """`A_j B_j` per group, un-matricized, shape `(n, c/g, kh, kw)`."""
         s, g, r = self.dense_spec, self.dense_spec.groups, self._rank

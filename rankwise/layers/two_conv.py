@@ -18,6 +18,7 @@ from rankwise.errors import UnsupportedLayerError
 from rankwise.layers.base import DenseSpec, FactorizedLayer
 from rankwise.layers.lowrank_linear import check_rank
 from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs, conv2d_output_hw, conv2d_params
+from rankwise.linalg.grouped import pooled_singular_values
 
 
 def describe_conv(spec: ConvSpec) -> str:
@@ -88,6 +89,22 @@ class TwoConvLowRank(FactorizedLayer):
     @abstractmethod
     def per_pixel_macs(cls, spec: ConvSpec, rank: int) -> int:
         """MACs per output pixel (TRP's counting), used when `cost` gets no input size."""
+
+    @staticmethod
+    @abstractmethod
+    def matricize_groups(weight: torch.Tensor, groups: int) -> torch.Tensor:
+        """`(n, c/g, kh, kw)` → `(g, p, q)`: the per-group matrices this format cuts."""
+
+    @classmethod
+    def spectra(cls, weight: torch.Tensor, spec: DenseSpec) -> list[torch.Tensor]:
+        """`[s]`, `s (max_rank,)` descending: singular values of the per-group matricization.
+
+        With groups, `s_i = sqrt(Σ_j σ_{j,i}²)` pools the groups' i-th singular values
+        (`pooled_singular_values`): keeping rank r per group leaves error `sqrt(Σ_{i>r} s_i²)`.
+        """
+        spec = require_conv_spec(spec, cls.format, None)
+        check_conv_weight(weight, spec)
+        return [pooled_singular_values(cls.matricize_groups(weight.detach(), spec.groups))]
 
     @classmethod
     def checked_rank(cls, spec: ConvSpec, rank: Any, name: str | None = None) -> int:
