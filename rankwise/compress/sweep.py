@@ -215,6 +215,16 @@ def _row(ratio: float, base: Mapping[str, float], result: Mapping[str, float], p
     }
 
 
+def _baseline(model: nn.Module, dataset: Any, input_shape: Sequence[int] | None,
+              batch_size: int, device: str | torch.device, evaluate_fn: EvaluateFn | None):
+    """What every sweep starts from: input shape, evaluator, per-layer input sizes, the dense
+    (params, MACs), the unmodified model's metrics and its squared weight norm."""
+    shape = tuple(input_shape) if input_shape is not None else tuple(dataset.shape)
+    evaluate = evaluate_fn or _default_evaluate(dataset, batch_size, device)
+    sizes = layer_input_sizes(model, shape)
+    return shape, evaluate, sizes, _model_cost(model, sizes), evaluate(model), _sq_norm(model)
+
+
 def lowrank_sweep(
     model: nn.Module, dataset: Any, ratios: Sequence[float] = DEFAULT_RATIOS,
     scheme: str = "channel", input_shape: Sequence[int] | None = None, batch_size: int = 512,
@@ -230,11 +240,8 @@ def lowrank_sweep(
     `name, format, max_rank, rank, factorized, dense_params, params, dense_macs, macs`).
     """
     ratios = _check_ratios(ratios, upper_open=True)
-    shape = tuple(input_shape) if input_shape is not None else tuple(dataset.shape)
-    evaluate = evaluate_fn or _default_evaluate(dataset, batch_size, device)
-    sizes = layer_input_sizes(model, shape)
-    dense = _model_cost(model, sizes)
-    base, base_sq = evaluate(model), _sq_norm(model)
+    _, evaluate, sizes, dense, base, base_sq = _baseline(
+        model, dataset, input_shape, batch_size, device, evaluate_fn)
     rows = []
     for s in ratios:
         cut, layers = truncate_model(model, s, scheme, include_linear, sizes)
@@ -262,11 +269,8 @@ def filter_sweep(
     effective_macs` per conv.
     """
     ratios = _check_ratios(ratios, upper_open=False)
-    shape = tuple(input_shape) if input_shape is not None else tuple(dataset.shape)
-    evaluate = evaluate_fn or _default_evaluate(dataset, batch_size, device)
-    sizes = layer_input_sizes(model, shape)
-    dense = _model_cost(model, sizes)
-    base, base_sq = evaluate(model), _sq_norm(model)
+    shape, evaluate, sizes, dense, base, base_sq = _baseline(
+        model, dataset, input_shape, batch_size, device, evaluate_fn)
     rows = []
     for s in ratios:
         pruned, rep = filter_prune(model, s, norm=norm, input_shape=shape)
