@@ -218,38 +218,34 @@ def run_suite_cell(cfg: SuiteConfig, root: Path, cell: Cell) -> dict[str, Any]:
     result: dict[str, Any] = {"group": f"{cfg.dataset}/{p['label']}", "method": method,
                               "level": "-" if level is None else f"{level:g}",
                               "seed": p["seed"], "epochs": cfg.epochs}
+    base = method.split(":")[0]
+    extra: tuple[str, ...] = ()
     if method in ("dense", "pretrain"):
-        ensure_run(_train_argv(cfg, p, "dense", runs / "dense"), runs / "dense")
-        seconds = train_seconds(runs / "dense")
-        train, test = _load_splits(runs / "dense")
-        shape = tuple(train.shape)
-        model = rio.load(runs / "dense")
-        if method == "pretrain":
-            model, seconds, info = _pretrain(cfg, model, train, test, level, runs, seconds)
-            result.update(info)
-    elif method.split(":")[0] in COMPRESSION_AWARE:
+        out, train_method = runs / "dense", "dense"
+    elif base in COMPRESSION_AWARE:
         # Trained dense-shaped once (variant flags from cfg.method_args[method]), then cut at
         # each level without retraining.
-        out = runs / method.replace(":", "-")
-        ensure_run(_train_argv(cfg, p, method.split(":")[0], out, key=method), out)
-        seconds = train_seconds(out)
-        train, test = _load_splits(out)
-        shape = tuple(train.shape)
-        dense = rio.load(out)
-        result["x_acc_before_compress"] = _measure(dense, test, shape)["acc"]
-        model, info = _compress(dense, "channel", level, shape)
-        result.update(info)
-    elif method.split(":")[0] == "elrt":
+        out, train_method = runs / method.replace(":", "-"), base
+    elif base == "elrt":
         fmt = method.split(":")[1] if ":" in method else "tucker2"
         out = runs / (f"elrt@{level:g}" if fmt == "tucker2" else f"elrt-{fmt}@{level:g}")
+        train_method = "elrt"
         extra = ("--elrt-format", fmt, "--elrt-rank", f"budget:params={level:g}")
-        ensure_run(_train_argv(cfg, p, "elrt", out, extra, key=method), out)
-        seconds = train_seconds(out)
-        train, test = _load_splits(out)
-        shape = tuple(train.shape)
-        model = rio.load(out)
     else:
         raise ValueError(f"unknown method {method!r} in suite {cfg.name}")
+    key = None if method in ("dense", "pretrain") else method
+    ensure_run(_train_argv(cfg, p, train_method, out, extra, key=key), out)
+    seconds = train_seconds(out)
+    train, test = _load_splits(out)
+    shape = tuple(train.shape)
+    model = rio.load(out)
+    if method == "pretrain":
+        model, seconds, info = _pretrain(cfg, model, train, test, level, runs, seconds)
+        result.update(info)
+    elif base in COMPRESSION_AWARE:
+        result["x_acc_before_compress"] = _measure(model, test, shape)["acc"]
+        model, info = _compress(model, "channel", level, shape)
+        result.update(info)
     dense_dir = runs / "dense"
     ref = rio.load(dense_dir) if method != "dense" and (dense_dir / "model.json").exists() else None
     result.update(_measure(model, test, shape, ref))
