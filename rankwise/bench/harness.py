@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rankwise.fileio import atomic_write
+from rankwise.io.atomic import atomic_write
 
 Runner = Callable[["Cell"], dict[str, Any]]
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.analysis.profile import count
 from rankwise.models import create_model
-from rankwise.profile import count
 
 
 def _sgd(model: nn.Module) -> torch.optim.Optimizer:

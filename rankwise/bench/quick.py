@@ -180,8 +180,8 @@ def _measure(model: torch.nn.Module, test, input_shape: tuple[int, ...],
     With a dense `ref`, both are timed in interleaved blocks (`speed.interleaved_latency`) and
     `latency_ref_ms` is stored too, so the speed-up survives background load.
     """
+    from rankwise.analysis.profile import example_input, profile_model
     from rankwise.bench.speed import interleaved_latency
-    from rankwise.profile import example_input, profile_model
     from rankwise.train import evaluate
 
     model.eval()
@@ -200,7 +200,7 @@ def _measure(model: torch.nn.Module, test, input_shape: tuple[int, ...],
 def _compress(model: torch.nn.Module, fmt: str, level: float,
               input_shape: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
     from rankwise import decompose
-    from rankwise.rank import ParamsBudget
+    from rankwise.surgery.rank import ParamsBudget
 
     model, report = decompose(model, format=fmt, rank=ParamsBudget(level), linear_format="svd",
                               skip_first_conv=True, input_shape=input_shape)
@@ -265,7 +265,7 @@ def _pretrain(cfg: SuiteConfig, model, train, test, level: float, runs: Path,
                             augment="--no-augment" not in cfg.extra_train_args,
                             num_threads=cfg.threads)
     try:
-        from rankwise.pretrain import decompose_and_finetune
+        from rankwise.train.pretrain import decompose_and_finetune
     except ImportError:  # pragma: no cover - only while the pre-train API is missing
         decompose_and_finetune = None
     shape = tuple(train.shape)

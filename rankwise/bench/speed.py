@@ -44,15 +44,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from rankwise.analysis.profile import count, example_input, trace_inputs
 from rankwise.bench.harness import Cell, environment, run_cells, write_json_atomic
 from rankwise.errors import ConfigError, RankError
 from rankwise.layers import FORMATS
 from rankwise.layers.base import Rank
 from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs, conv2d_params
 from rankwise.models import create_model
-from rankwise.profile import count, example_input, trace_inputs
-from rankwise.rank import BudgetCandidate, MacsBudget, allocate_budget, to_layer_rank
-from rankwise.surgery import decompose
+from rankwise.surgery.decompose import decompose
+from rankwise.surgery.rank import BudgetCandidate, MacsBudget, allocate_budget, to_layer_rank
 
 IMAGENET_MODELS = ("resnet18", "resnet50")
 CIFAR_MODELS = ("resnet20", "resnet56")

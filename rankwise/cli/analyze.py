@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.analysis import LayerRankStats
+from rankwise.analysis.layer_ranks import LayerRankStats
 from rankwise.cli.profile import default_shape, model_kwargs
 from rankwise.errors import CheckpointError
 
@@ -153,7 +153,7 @@ def stats_table(stats: list[LayerRankStats], title: str) -> Any:
 def analyze_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from rankwise.analysis import analyze_model, summarize, to_markdown
+    from rankwise.analysis.layer_ranks import analyze_model, summarize, to_markdown
 
     loaded = load_target(args.target, args)
     stats = analyze_model(loaded.model, args.scheme)

@@ -157,7 +157,7 @@ def decompose_command(args: argparse.Namespace) -> int:
     """Load → [evaluate] → `decompose` → [evaluate → fine-tune → evaluate] →
     `after_decompose` → `io.save` → print the report."""
     from rankwise import io
-    from rankwise.surgery import decompose
+    from rankwise.surgery.decompose import decompose
 
     source = load_source(args)
     shape = input_shape_of(args, source)
@@ -201,8 +201,8 @@ def _decompose_with_data(args: argparse.Namespace, source: Source, shape: tuple[
                          ) -> tuple[nn.Module, dict[str, Any]]:
     """The pre-train paradigm: `decompose_and_finetune` on `--dataset` (or the run's dataset)."""
     from rankwise.cli.train import load_split
-    from rankwise.pretrain import decompose_and_finetune
     from rankwise.train import TrainConfig
+    from rankwise.train.pretrain import decompose_and_finetune
 
     spec = _dataset_spec(args, source, shape)
     train_data = load_split(spec, True, args.data_dir, args.download, args.limit_train)
@@ -244,7 +244,7 @@ def _dataset_spec(args: argparse.Namespace, source: Source,
 
 def report_from_dict(data: dict[str, Any]) -> Any:
     """A `DecomposeReport` rebuilt from its `to_dict()` (extra keys ignored), for printing."""
-    from rankwise.surgery import DecomposeReport, LayerRow
+    from rankwise.surgery.decompose import DecomposeReport, LayerRow
 
     rows = []
     for r in data["rows"]:

@@ -14,8 +14,8 @@ from rankwise.errors import ConfigError
 
 def load_command(args: argparse.Namespace) -> int:
     from rankwise import io
+    from rankwise.analysis.profile import example_input, profile_model
     from rankwise.compress.pipeline import load_compressed
-    from rankwise.profile import example_input, profile_model
 
     # Plain saved models and `rankwise compress` outputs (int8 / entropy-coded) alike.
     model = load_compressed(args.path, map_location=args.map_location)

@@ -76,7 +76,7 @@ def _need_shape(target: str) -> tuple[int, ...]:
 
 
 def profile_command(args: argparse.Namespace) -> int:
-    from rankwise.profile import profile_model
+    from rankwise.analysis.profile import profile_model
 
     model, baseline, shape = resolve_target(args.target, args)
     batch_sizes = parse_shape(args.batch_sizes)

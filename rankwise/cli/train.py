@@ -87,7 +87,7 @@ def train_config_from_args(args: argparse.Namespace):
         nesterov=args.nesterov, weight_decay=args.wd, wd_on_bn_bias=not args.no_wd_on_bn_bias,
         schedule=args.schedule, milestones=parse_milestones(args.milestones), gamma=args.gamma,
         warmup_epochs=args.warmup, label_smoothing=args.label_smoothing, seed=args.seed,
-        device=args.device, amp=args.amp, channels_last=args.channels_last,
+        device=args.device, precision=args.precision, channels_last=args.channels_last,
         compile=args.compile, augment=not args.no_augment, log_every=args.log_every,
         eval_every=args.eval_every, num_threads=args.num_threads, quiet=args.quiet,
         tensorboard=args.tensorboard)
@@ -197,8 +197,10 @@ def register(subparsers: Any) -> None:
     r = p.add_argument_group("runtime")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    r.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    r.add_argument("--channels-last", action="store_true", help="NHWC memory format (CUDA)")
+    r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: bfloat16 autocast on CPU (AVX-512-bf16/AMX) or CUDA")
+    r.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format (faster on CPU and CUDA)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     r.add_argument("--log-every", type=int, default=50, help="steps between metric lines")

@@ -12,7 +12,7 @@ What runs quantized: storage only (see `compress.quantize`): from the quantizati
 evaluated model is the float model holding `q · scale` weights. Entropy coding is lossless, so the
 coding stage's model is bit-identical to the quantization stage's (checked on decode).
 
-`save_compressed(result, out, ...)` writes a reloadable directory: `model.json` (rankwise.io's
+`save_compressed(result, out, ...)` writes a reloadable directory: `model.json` (`rankwise.io`'s
 architecture spec; `meta.compressed.artifact` names the weights file) plus one of
 `model.rwq` (entropy-coded blob, `compress.entropy` format), `model.int8.safetensors` (int8
 state, uncoded) or `model.safetensors` (float, a plain `rankwise.io` directory).
@@ -50,7 +50,7 @@ def parse_lowrank(text: str) -> tuple[str, str]:
     """`"tucker2:energy:0.9"` → `("tucker2", "energy:0.9")`; the rank part is checked by
     `rankwise.rank.parse_rank`, the format against the registered layer formats."""
     from rankwise.layers import FORMATS
-    from rankwise.rank import parse_rank
+    from rankwise.surgery.rank import parse_rank
 
     fmt, sep, rank = str(text).strip().partition(":")
     if not sep or not rank:
@@ -232,7 +232,7 @@ def run_pipeline(model: nn.Module, cfg: PipelineConfig, input_shape: Sequence[in
     model.eval()
     result = PipelineResult([_row("baseline", "input model", model, shape, evaluate)], model, cfg)
     if cfg.lowrank:
-        from rankwise.surgery import decompose
+        from rankwise.surgery.decompose import decompose
 
         fmt, rank = parse_lowrank(cfg.lowrank)
         model, rep = decompose(model, format=fmt, rank=rank, exclude=list(cfg.exclude) or None,

@@ -2,7 +2,7 @@
 
 MACs are multiply-accumulates of the weights for **one sample** (batch 1); bias additions and
 activations are not counted. These helpers sit under `layers` so that factorized layers and
-`rankwise.profile` count the same way.
+`rankwise.analysis.profile` count the same way.
 """
 
 from __future__ import annotations

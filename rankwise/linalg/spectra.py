@@ -3,7 +3,7 @@
 All measures compute in float64 and are insensitive to the order of `s` (it is sorted descending
 internally), so float32 spectra of large layers do not lose the tail to rounding.
 
-Conventions (shared by every function here and by `rankwise.rank`):
+Conventions (shared by every function here and by `rankwise.surgery.rank`):
 - An all-zero spectrum (a zero matrix) has nothing to keep: every rank-returning function returns
   1 (the smallest usable rank), `effective_rank` and `stable_rank` return 1.0, and
   `energy_curve` is all ones (no energy can be lost).

@@ -5,7 +5,7 @@ The network is built directly in factorized form: the dense architecture's Conv2
 with the variance-matching init of `rankwise.layers.init`; the full-size weight is never
 trained, and never allocated when the base model lives on the `meta` device (`build_model`, or
 `rankwise train`, which may build on meta for methods with `builds_on_meta`). During training a
-soft orthogonality penalty `λ·Σ ‖UᵀU − I‖_F²` on the factors' bases (`rankwise.regularizers`) is
+soft orthogonality penalty `λ·Σ ‖UᵀU − I‖_F²` on the factors' bases (`methods.regularizers`) is
 added to the loss (`OrthogonalityHook`). `finalize` saves the factorized model with
 `rankwise.io.save` and writes `elrt_report.json`.
 
@@ -44,7 +44,7 @@ from rankwise.methods.elrt_build import (  # the model building; re-exported
     resolve_policy,
 )
 from rankwise.methods.elrt_build import round_rank as round_rank
-from rankwise.regularizers import orthogonality_penalty
+from rankwise.methods.regularizers import orthogonality_penalty
 from rankwise.train.hooks import Hook
 
 if TYPE_CHECKING:

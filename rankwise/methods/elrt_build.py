@@ -17,8 +17,8 @@ from rankwise.layers import FORMATS
 from rankwise.layers.base import FactorizedLayer, Rank, dense_spec_of
 from rankwise.layers.init import init_dense_, init_factorized_
 from rankwise.layers.shapes import conv2d_macs, conv2d_params, linear_macs, linear_params
-from rankwise.regularizers import factorized_layers, layer_penalties
-from rankwise.surgery import DecomposeReport, LayerRow, matches
+from rankwise.methods.regularizers import factorized_layers, layer_penalties
+from rankwise.surgery.decompose import DecomposeReport, LayerRow, matches
 
 CONV_FORMATS = ("tucker2", "channel", "spatial", "cp")
 LINEAR_FORMATS = ("svd", "tt")
@@ -75,11 +75,11 @@ class ELRTConfig:
 
 def resolve_policy(rank: Any) -> Any:
     """The rank policy for ELRT; `ConfigError` for policies that need a trained weight."""
-    from rankwise.rank import RankPolicy, parse_rank
+    from rankwise.surgery.rank import RankPolicy, parse_rank
 
     policy = parse_rank(rank) if isinstance(rank, str) else rank
     if isinstance(policy, int) or (isinstance(policy, tuple) and policy):
-        from rankwise.rank import Fixed
+        from rankwise.surgery.rank import Fixed
 
         policy = Fixed(policy)
     if not isinstance(policy, RankPolicy):
@@ -191,7 +191,7 @@ def _uniform_budget(cands: list[_Cand], dense: list[int], idx: int, target: floa
                     total: int, multiple: int = 1) -> dict[str, tuple[int, ...] | None]:
     """The largest single fraction f (bisection) with `Ratio(f)` ranks in every layer (dense
     where that does not save) meeting `total_after ≤ target · total`."""
-    from rankwise.rank import Ratio
+    from rankwise.surgery.rank import Ratio
 
     fixed = total - sum(dense)
 
@@ -227,7 +227,7 @@ def _allocate(cands: list[_Cand], policy: Any, model: nn.Module, total_macs: int
     """Per-layer rank tuples (None = keep dense), rounded down to `multiple`. Budgets:
     "uniform" (one rank fraction for all layers, bisection, rounding included) or "greedy"
     (`rank.allocate_budget` on flat spectra, rounded afterwards: stays within budget)."""
-    from rankwise.rank import BudgetCandidate, MacsBudget, allocate_budget
+    from rankwise.surgery.rank import BudgetCandidate, MacsBudget, allocate_budget
 
     if not policy.is_global:
         return {c.name: round_rank(tuple(policy.select([], c.max_rank)), c.max_rank, multiple)
@@ -291,7 +291,7 @@ def build_factorized(model: nn.Module, cfg: ELRTConfig, input_shape: tuple[int, 
     the remaining modules are then created on `device` (default: CPU, or the device of the
     model's real tensors). `input_shape` (C, H, W) is traced once (on meta when the model is) for
     MACs and layer order (first conv, classifier)."""
-    from rankwise.profile import count, trace_inputs
+    from rankwise.analysis.profile import count, trace_inputs
 
     policy = resolve_policy(cfg.rank)
     dev = torch.device(device) if device is not None else _device_of(model)
@@ -379,7 +379,7 @@ def build_model(name: str, cfg: ELRTConfig, input_shape: tuple[int, ...] | None 
 
 def elrt_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """Params/MACs of `model` and of its dense counterpart, per factorized layer and in total."""
-    from rankwise.profile import count, trace_inputs
+    from rankwise.analysis.profile import count, trace_inputs
 
     layers = factorized_layers(model)
     _, params, macs = count(model, input_shape)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rankwise.analysis import analyze_model, matricize_groups, summarize, to_markdown
+from rankwise.analysis.layer_ranks import analyze_model, matricize_groups, summarize, to_markdown
 from rankwise.errors import ConfigError
 from rankwise.methods.base import Method
 from rankwise.train.hooks import Hook

@@ -204,7 +204,7 @@ def run_sweeps(trainer: Trainer, opts: SweepOptions, kinds: tuple[str, ...],
 
 def rank_summary(model: nn.Module, scheme: str = "channel") -> dict[str, float]:
     """Model-level effective-rank numbers (`rankwise.analysis.summarize`) of conv/linear layers."""
-    from rankwise.analysis import analyze_model, summarize
+    from rankwise.analysis.layer_ranks import analyze_model, summarize
 
     return summarize(analyze_model(model, scheme))
 

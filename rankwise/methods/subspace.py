@@ -313,7 +313,7 @@ class SubspaceHook(Hook):
             x, y = self._loader.last
             buffers = [b for b in trainer.model.buffers()]
             saved = [b.clone() for b in buffers]
-            with autocast(trainer.device, trainer.cfg.amp):
+            with autocast(trainer.device, trainer.cfg.precision):
                 logits = trainer.model(x)
             loss = F.cross_entropy(logits.float(), y,
                                    label_smoothing=trainer.cfg.label_smoothing).detach()

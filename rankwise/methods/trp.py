@@ -103,14 +103,14 @@ class TRPConfig:
             if not ok:
                 raise ConfigError(f"TRPConfig: {msg} (--trp-* flags)")
         if self.decompose_rank is not None:
-            from rankwise.rank import parse_rank
+            from rankwise.surgery.rank import parse_rank
 
             parse_rank(self.decompose_rank)  # ConfigError on a bad string
 
 
 def find_targets(model: nn.Module, cfg: TRPConfig) -> list[str]:
     """Names of the modules TRP acts on (see `TRPConfig`), in registration order."""
-    from rankwise.surgery import matches
+    from rankwise.surgery.decompose import matches
 
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     first = convs[0] if convs else None
@@ -354,9 +354,9 @@ def finalize_trp(trainer: Trainer, cfg: TRPConfig, train_ranks: dict[str, int]) 
     """
     import json
 
-    from rankwise.io import save
-    from rankwise.rank import ValueThreshold, parse_rank
-    from rankwise.surgery import decompose
+    from rankwise.io.model_file import save
+    from rankwise.surgery.decompose import decompose
+    from rankwise.surgery.rank import ValueThreshold, parse_rank
     from rankwise.train import Trainer as _Trainer
 
     out, model = Path(trainer.out_dir), trainer.model

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise.analysis.profile import trace_inputs
 from rankwise.errors import NonFiniteLossError
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec, conv2d_output_hw
@@ -31,7 +32,6 @@ from rankwise.linalg.grouped import (
 )
 from rankwise.linalg.spectra import ENERGY_TOL
 from rankwise.linalg.svd import thin_svd
-from rankwise.profile import trace_inputs
 
 SCHEMES = ("channel", "spatial")
 

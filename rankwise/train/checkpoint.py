@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rankwise.errors import CheckpointError
-from rankwise.fileio import atomic_write
+from rankwise.io.atomic import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -18,8 +18,9 @@ class TrainConfig:
     Units: `lr` per step at full schedule value; `batch_size` is the *global* batch (split evenly
     over DDP ranks); `milestones` and `warmup_epochs` in epochs (the schedule itself is stepped
     per iteration); `log_every` in steps; `eval_every` in epochs (the last epoch is always
-    evaluated). `amp` (bfloat16 autocast) only acts on CUDA; `channels_last` (NHWC) acts everywhere
-    (1.2–1.6× faster ELRT steps on CPU); `compile` wraps
+    evaluated). `precision="bf16"` runs forward passes under bfloat16 autocast (CPU with
+    AVX-512-bf16/AMX, or CUDA; fp32 master weights, losses and method maths stay fp32);
+    `channels_last` (NHWC) acts everywhere (1.2–1.6× faster ELRT steps on CPU); `compile` wraps
     the forward in `torch.compile`. `deterministic=None` means "on for CPU, off for CUDA".
     `check_finite_every`: steps between NaN/Inf loss checks (each check is a device sync).
     """
@@ -38,7 +39,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "cpu"
-    amp: bool = False
+    precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
     augment: bool = True
@@ -65,6 +66,7 @@ class TrainConfig:
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.precision in ("fp32", "bf16"), "precision must be 'fp32' or 'bf16'"),
             (all(m >= 1 for m in self.milestones), "milestones must be epochs >= 1"),
             (self.gamma > 0, "gamma must be > 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),

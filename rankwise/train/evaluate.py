@@ -8,17 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PRECISIONS = ("fp32", "bf16")
 
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[None]:
-    """bfloat16 autocast on CUDA when `amp`, else a null context (AMP is CUDA-only here)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """bfloat16 autocast on CPU or CUDA when `precision == "bf16"`, else a null context.
+
+    Weights stay float32 (master weights); matmuls and convs run in bf16 inside the context.
+    """
+    if precision == "bf16" and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int = 512,
-             device: str | torch.device = "cpu", amp: bool = False,
+             device: str | torch.device = "cpu", precision: str = "fp32",
              channels_last: bool = False) -> dict[str, float]:
     """`{"loss": mean CE (nats/sample), "acc": top-1 fraction in [0, 1], "n": samples}`.
 
@@ -40,7 +45,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512,
         for x, y in loader:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp):
+            with autocast(device, precision):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()

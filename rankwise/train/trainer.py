@@ -11,7 +11,6 @@ import json
 import os
 import random
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,9 +68,6 @@ class Trainer:
         self.should_stop = False
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        cuda = self.device.type == "cuda"
-        if cfg.amp and not cuda:
-            warnings.warn(f"amp only acts on CUDA; ignored on {self.device}", stacklevel=2)
         self.model = model.to(self.device)
         if cfg.channels_last:  # NHWC: also pays on CPU for factorized (1x1-heavy) models
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -93,7 +89,7 @@ class Trainer:
         self.forward_model: nn.Module = self.model  # what the loop calls: maybe DDP / compiled
         if self.dist.enabled:
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if cuda else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.logger = RunLogger(self.out_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
@@ -176,7 +172,7 @@ class Trainer:
                 hook.on_batch_start(self, step)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, cfg.amp):
+            with autocast(self.device, cfg.precision):
                 logits = self.forward_model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             total = loss
@@ -229,7 +225,7 @@ class Trainer:
         if self.test_data is None:
             return {}
         r = evaluate(self.model, self.test_data, self.cfg.eval_batch_size, self.device,
-                     amp=self.cfg.amp, channels_last=self.cfg.channels_last)
+                     precision=self.cfg.precision, channels_last=self.cfg.channels_last)
         return {"test_loss": r["loss"], "test_acc": r["acc"]}
 
     def _check_finite(self, loss: torch.Tensor, step: int, batch: int) -> None:
@@ -269,7 +265,7 @@ class Trainer:
                    extra_meta: dict[str, Any] | None = None) -> Path:
         """`rankwise.io.save` of `model` (default `self.model`) into `out_dir`, with the
         architecture from `meta["model"]` so `rankwise.load(out_dir)` can rebuild it."""
-        from rankwise.io import save
+        from rankwise.io.model_file import save
 
         arch = self.meta.get("model") or {}
         meta = {k: v for k, v in self.meta.items() if k != "model"}

@@ -14,7 +14,7 @@ from rankwise.errors import ConfigError, UnsupportedLayerError
 from rankwise.layers import FORMATS
 from rankwise.layers.init import init_dense_, init_factorized_, kaiming_std, orthonormal
 from rankwise.layers.shapes import ConvSpec, LinearSpec
-from rankwise.regularizers import gram_deviation, orthogonal_factors
+from rankwise.methods.regularizers import gram_deviation, orthogonal_factors
 
 CONV = ConvSpec(48, 40, (3, 3), padding=(1, 1), bias=False)
 CASES = [  # (format, spec, rank, samples)

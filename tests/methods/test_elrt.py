@@ -23,7 +23,7 @@ from rankwise.methods.elrt import (
     build_factorized,
     build_model,
 )
-from rankwise.regularizers import gram_deviation, orthogonality_penalty
+from rankwise.methods.regularizers import gram_deviation, orthogonality_penalty
 
 SHAPE = (3, 12, 12)
 

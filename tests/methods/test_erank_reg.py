@@ -13,7 +13,7 @@ from torch import nn
 
 import rankwise.methods as methods_pkg
 import rankwise.methods.erank_reg as erank_reg
-from rankwise.analysis import analyze_model
+from rankwise.analysis.layer_ranks import analyze_model
 from rankwise.errors import ConfigError
 from rankwise.methods.erank_reg import (
     METHOD,

@@ -180,7 +180,7 @@ def test_flags_reach_the_config():
                                                    ("group-k-support", "filters")])
 def test_cli_train_sfw_end_to_end_iterates_feasible(tmp_path, constraint, kind):
     from rankwise.cli import main
-    from rankwise.io import load
+    from rankwise.io.model_file import load
 
     out = tmp_path / "run"
     rc = main(["train", "--model", "smallcnn", "--width", "4", "--dataset", "synthetic",

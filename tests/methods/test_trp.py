@@ -263,8 +263,8 @@ def test_resume_is_exact(tmp_path):
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_decomposition_at_training_ranks_reproduces_outputs(tmp_path, scheme):
-    from rankwise.rank import Fixed
-    from rankwise.surgery import decompose
+    from rankwise.surgery.decompose import decompose
+    from rankwise.surgery.rank import Fixed
 
     cfg = TRPConfig(scheme=scheme)
     hook = TRPHook(cfg)
@@ -289,7 +289,7 @@ def test_decomposition_at_training_ranks_reproduces_outputs(tmp_path, scheme):
 
 
 def test_finalize_writes_factorized_model_and_report(tmp_path):
-    from rankwise.io import load
+    from rankwise.io.model_file import load
 
     cfg = TRPConfig()
     method = TRPMethod()
@@ -322,7 +322,7 @@ def test_finalize_writes_factorized_model_and_report(tmp_path):
 
 def test_cli_train_trp_end_to_end(tmp_path):
     from rankwise.cli import main
-    from rankwise.io import load
+    from rankwise.io.model_file import load
 
     out = tmp_path / "run"
     rc = main(["train", "--model", "resnet20", "--width", "4", "--dataset", "synthetic",

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rankwise.io import load
+from rankwise.io.model_file import load
 from rankwise.train import TrainConfig, Trainer, read_metrics
 from tests.train.helpers import synthetic, tiny_cnn
 

@@ -34,7 +34,7 @@ def test_fit_learns_and_writes_run_files(tmp_path, train_data, test_data):
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
     assert epochs[-1]["test_acc"] == pytest.approx(out["test_acc"])
     assert sum(r["event"] == "step" for r in rows) == 16 // 2
-    from rankwise.io import load
+    from rankwise.io.model_file import load
 
     again = load(tmp_path, model=tiny_cnn(seed=5))
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
@@ -140,10 +140,14 @@ def test_huge_lr_diverges_with_nonfinite_loss_error(tmp_path, train_data):
                 train_data, None, tmp_path).fit()
 
 
-def test_amp_on_cpu_warns_and_still_trains(tmp_path, train_data):
-    with pytest.warns(UserWarning, match="CUDA"):
-        trainer = Trainer(tiny_cnn(), cfg(epochs=1, amp=True), train_data, None, tmp_path)
+def test_bf16_on_cpu_runs_forward_in_bf16_with_fp32_master_weights(tmp_path, train_data):
+    model = tiny_cnn()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer = Trainer(model, cfg(epochs=1, precision="bf16"), train_data, None, tmp_path)
     assert trainer.fit()["train_loss"] > 0
+    assert torch.bfloat16 in seen
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
 def test_channels_last_on_cpu_matches_default_layout(tmp_path, train_data):

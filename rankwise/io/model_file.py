@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rankwise.errors import CheckpointError, RankwiseError
-from rankwise.fileio import atomic_write
+from rankwise.io.atomic import atomic_write
 from rankwise.layers.base import (
     FactorizedLayer,
     dense_spec_from_dict,

@@ -1,7 +1,7 @@
 """Model surgery: `decompose()` rewrites conv/linear layers into factorized layers.
 
 This module decides *how* to rewrite (which layers, which format, replacing modules in place);
-*how much* to keep is the rank policy's job (`rankwise.rank`). Policies see
+*how much* to keep is the rank policy's job (`rankwise.surgery.rank`). Policies see
 `FORMAT.spectra(weight, spec)` and `FORMAT.max_rank(spec)`; global budgets (`ParamsBudget`,
 `MacsBudget`) are resolved here over all candidate layers with `rank.allocate_budget`.
 
@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.decompose_report import DecomposeReport, LayerRow
+from rankwise.analysis.profile import count as count_model
+from rankwise.analysis.profile import dense_macs, trace_inputs
 from rankwise.errors import ConfigError, RankError, UnsupportedLayerError
 from rankwise.layers import FORMATS
 from rankwise.layers.base import FactorizedLayer, Rank, dense_spec_of
 from rankwise.layers.shapes import conv2d_params, linear_params
-from rankwise.profile import count as count_model
-from rankwise.profile import dense_macs, trace_inputs
-from rankwise.rank import BudgetCandidate, Energy, Fixed, allocate_budget, parse_rank
+from rankwise.surgery.rank import BudgetCandidate, Energy, Fixed, allocate_budget, parse_rank
+from rankwise.surgery.report import DecomposeReport, LayerRow
 
 Pattern = str | re.Pattern[str]
 Filter = Pattern | Sequence[Pattern] | Callable[[str, nn.Module], bool] | None
@@ -267,7 +267,7 @@ def decompose(model: nn.Module, format: str | None = "tucker2", rank: Any = DEFA
               ) -> tuple[nn.Module, DecomposeReport]:
     """Replace conv/linear layers of `model` by factorized layers.
 
-    `rank`: a policy object from `rankwise.rank`, a string for `parse_rank`
+    `rank`: a policy object from `rankwise.surgery.rank`, a string for `parse_rank`
     (`"energy:0.9"`, `"budget:params=0.3"`), or an int / tuple used for every layer.
     `include` / `exclude`: glob or regex strings, compiled patterns, or `f(name, module)`; with
     `include`, only matching layers are candidates and a matching non-conv/linear weight layer

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from rich.console import Console
 from torch import nn
 
+from rankwise.analysis.profile import profile_model
 from rankwise.errors import ConfigError
 from rankwise.layers import FactorizedLayer
-from rankwise.profile import profile_model
-from rankwise.rank import Ratio
-from rankwise.surgery import decompose
+from rankwise.surgery.decompose import decompose
+from rankwise.surgery.rank import Ratio
 
 
 def small_cnn() -> nn.Module:

@@ -220,8 +220,8 @@ def test_shape_mismatch_in_dense_layer(tmp_path):
 def test_zoo_round_trip_when_available(tmp_path):
     if not hasattr(rankwise.models, "create_model"):
         pytest.skip("rankwise.models.create_model not written yet")
-    from rankwise.rank import Ratio
-    from rankwise.surgery import decompose
+    from rankwise.surgery.decompose import decompose
+    from rankwise.surgery.rank import Ratio
 
     torch.manual_seed(0)
     model = rankwise.models.create_model("resnet20", width=8).eval()

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from rich.console import Console
 from torch import nn
 
+from rankwise.analysis.profile import count
 from rankwise.errors import ConfigError, RankError, UnsupportedLayerError
 from rankwise.layers import FactorizedLayer
-from rankwise.profile import count
-from rankwise.rank import Energy, Fixed, MacsBudget, ParamsBudget, Ratio
-from rankwise.surgery import decompose, matches, reconstruct, to_dense
+from rankwise.surgery.decompose import decompose, matches, reconstruct, to_dense
+from rankwise.surgery.rank import Energy, Fixed, MacsBudget, ParamsBudget, Ratio
 
 # ----- small local models (the zoo versions are exercised when rankwise.models has them) ---------
 

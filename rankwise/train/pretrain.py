@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rankwise.errors import ConfigError
-from rankwise.surgery import decompose
+from rankwise.surgery.decompose import decompose
 from rankwise.train import Hook, TrainConfig, Trainer, evaluate
 
 FINETUNE_DIR = "finetune"

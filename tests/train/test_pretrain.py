@@ -13,8 +13,8 @@ from rankwise import io
 from rankwise.data import load_dataset
 from rankwise.errors import ConfigError
 from rankwise.layers import FactorizedLayer
-from rankwise.pretrain import FINETUNE_DIR, decompose_and_finetune, default_finetune_config
 from rankwise.train import TrainConfig, Trainer, evaluate
+from rankwise.train.pretrain import FINETUNE_DIR, decompose_and_finetune, default_finetune_config
 
 SHAPE = (3, 8, 8)
 CLASSES = 4

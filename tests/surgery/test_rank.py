@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rankwise.errors import ConfigError, RankError
-from rankwise.rank import (
+from rankwise.surgery.rank import (
     VBMF,
     BudgetCandidate,
     EffectiveRank,

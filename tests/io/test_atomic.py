@@ -1,6 +1,6 @@
 import pytest
 
-from rankwise.fileio import atomic_write
+from rankwise.io.atomic import atomic_write
 
 
 def test_atomic_write_bytes_and_callable(tmp_path):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from rankwise.analysis import (
+from rankwise.analysis.layer_ranks import (
     ENERGIES,
     analyze_model,
     spectrum_stats,
@@ -20,7 +20,7 @@ from rankwise.analysis import (
 )
 from rankwise.errors import ConfigError
 from rankwise.layers import FactorizedLayer
-from rankwise.surgery import decompose
+from rankwise.surgery.decompose import decompose
 
 
 def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

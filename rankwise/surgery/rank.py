@@ -27,11 +27,6 @@ from typing import ClassVar, Literal
 
 import torch
 
-# The allocator lives in `rankwise.budget`; re-exported because budgets are rank policies.
-from rankwise.budget import BudgetCandidate as BudgetCandidate
-from rankwise.budget import allocate_budget as allocate_budget
-from rankwise.budget import retained_energy as retained_energy
-from rankwise.budget import to_layer_rank as to_layer_rank
 from rankwise.errors import ConfigError, RankError
 from rankwise.linalg.spectra import (
     effective_rank,
@@ -42,6 +37,12 @@ from rankwise.linalg.spectra import (
     value_threshold_rank,
 )
 from rankwise.linalg.vbmf import evbmf_rank
+
+# The allocator lives in `rankwise.surgery.budget`; re-exported because budgets are rank policies.
+from rankwise.surgery.budget import BudgetCandidate as BudgetCandidate
+from rankwise.surgery.budget import allocate_budget as allocate_budget
+from rankwise.surgery.budget import retained_energy as retained_energy
+from rankwise.surgery.budget import to_layer_rank as to_layer_rank
 
 Metric = Literal["params", "macs"]
 

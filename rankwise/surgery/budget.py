@@ -2,7 +2,7 @@
 
 `allocate_budget` is greedy over all candidate layers by retained energy gained per unit of cost
 (param or MAC), not one uniform ratio; `surgery.decompose` calls it for `ParamsBudget` /
-`MacsBudget` policies (`rankwise.rank`).
+`MacsBudget` policies (`rankwise.surgery.rank`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,6 @@
+"""Files: atomic writes (`atomic.py`) and saved models as safetensors + JSON (`model_file.py`)."""
+
+from rankwise.io.atomic import atomic_write
+from rankwise.io.model_file import CONFIG, WEIGHTS, load, read_config, save, saved_input_shape
+
+__all__ = ["CONFIG", "WEIGHTS", "atomic_write", "load", "read_config", "save", "saved_input_shape"]
