@@ -2,7 +2,9 @@
 
 The user-facing verbs are re-exported lazily (importing `rankwise` stays cheap):
 `decompose`, `to_dense`/`reconstruct`, `DecomposeReport` (surgery); `save`, `load` (io);
-`profile_model`, `ModelProfile` (profile); the rank policies and `parse_rank` (rank).
+`profile_model`, `ModelProfile` (profile); the rank policies and `parse_rank` (rank); the
+loop-agnostic methods `TRP`, `ELRT`, `SFW` (+ `build_sfw`, `sfw_finalize`, `sfw_sweep`),
+`EffectiveRankRegularizer`, `NuclearRegularizer`, `SubspaceTraining` and their configs.
 """
 
 from __future__ import annotations
@@ -30,8 +32,25 @@ _EXPORTS: dict[str, str] = {
     "VBMF": "rankwise.surgery.rank",
     "ParamsBudget": "rankwise.surgery.rank",
     "MacsBudget": "rankwise.surgery.rank",
+    "LatencyBudget": "rankwise.surgery.latency_budget",
     "parse_rank": "rankwise.surgery.rank",
     "create_model": "rankwise.models",
+    "run": "rankwise.train.run",
+    "RunConfig": "rankwise.train.run",
+    # loop-agnostic methods (rankwise.methods); adapters live in rankwise.integrations
+    "TRP": "rankwise.methods",
+    "TRPConfig": "rankwise.methods",
+    "ELRT": "rankwise.methods",
+    "ELRTConfig": "rankwise.methods",
+    "SFW": "rankwise.methods",
+    "SFWConfig": "rankwise.methods",
+    "build_sfw": "rankwise.methods",
+    "sfw_finalize": "rankwise.methods",
+    "sfw_sweep": "rankwise.methods",
+    "EffectiveRankRegularizer": "rankwise.methods",
+    "NuclearRegularizer": "rankwise.methods",
+    "SubspaceTraining": "rankwise.methods",
+    "CompressionMethod": "rankwise.methods",
 }
 
 __all__ = ["__version__", *_EXPORTS]

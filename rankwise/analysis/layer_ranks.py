@@ -116,7 +116,11 @@ def weight_spectrum(w: torch.Tensor, scheme: str = "channel", groups: int = 1) -
 
 def spectrum_stats(name: str, kind: str, w: torch.Tensor, scheme: str = "channel",
                    groups: int = 1, energies: tuple[float, ...] = ENERGIES) -> LayerRankStats:
-    """All rank measures of weight `w` (see the module docstring)."""
+    """All rank measures of weight `w` (see the module docstring). ConfigError naming the layer
+    when `w` holds NaN/Inf (the SVD would fail or return garbage)."""
+    if w.is_floating_point() and not bool(torch.isfinite(w.detach()).all()):
+        raise ConfigError(f"{name}: weight contains NaN/Inf; analyze a finite checkpoint (the "
+                          "run diverged or the file is damaged)")
     m_shape = matricize_groups(w.detach(), scheme, groups).shape
     s = weight_spectrum(w, scheme, groups)
     r_tail = energy_rank(s, TAIL_AT)

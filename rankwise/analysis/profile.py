@@ -1,56 +1,34 @@
 """Params / MACs / latency tables for a model (`profile_model`).
 
-Counting rules (the same as `rankwise.layers.shapes` and `FactorizedLayer.cost`):
+Counting rules:
 - params = `numel` of every parameter (shared parameters counted once);
-- MACs = weight multiply-accumulates of `nn.Conv2d` / `nn.Linear` for **one sample**, from the
-  shapes seen by forward hooks (bias, norms and activations excluded). A linear applied to a
-  `(T, in)` sequence costs `T·in·out`. A factorized layer's MACs are the sum over its conv/linear
-  children; a factorized layer without such children (e.g. TT cores used by einsum) is counted
-  with its closed form `layer.macs(input_hw)` (times the tokens for linears). A module called
-  several times in one forward pass is counted once, at its first call.
-- latency = `torch.utils.benchmark.Timer.blocked_autorange` in eval mode under `torch.no_grad`,
-  after warm-up (>= 3 runs and >= `min_run_time` s); median and IQR in milliseconds over >= 5
-  timed blocks where time allows.
+- MACs = multiply-accumulates of every conv / matmul / attention op of one forward pass **per
+  sample** (`rankwise.analysis.macs`: `torch.utils.flop_counter`, FLOPs / 2; bias, norms and
+  activations excluded; the fvcore convention). Rows: each dense `nn.Conv2d` / `nn.Linear` and
+  each factorized layer (everything run inside it), then one row per other module that runs such
+  ops itself (attention matmuls, e.g. `self_attention` of a ViT block). A module called several
+  times is counted at every call. Meta-device models are counted too (shapes only).
+- latency: `rankwise.analysis.latency.measure_latency` (median / IQR in ms, fp32 or bf16
+  autocast).
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from rankwise.analysis.latency import PRECISIONS, eval_mode, example_input, measure_latency
+from rankwise.analysis.macs import Inputs, count_macs, own_macs
 from rankwise.errors import ConfigError
 from rankwise.layers.base import FactorizedLayer
 from rankwise.layers.shapes import ConvSpec, LinearSpec, conv2d_macs, linear_macs
 
 DENSE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every sub-module in eval mode; restore each one's own `training` flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 1,
-                  device: torch.device | str | None = None) -> torch.Tensor:
-    """Zeros of shape `(batch, *input_shape)` on the model's device and floating dtype."""
-    p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    dev = device if device is not None else (p.device if p is not None else "cpu")
-    return torch.zeros((batch, *[int(s) for s in input_shape]), dtype=dtype, device=dev)
 
 
 def trace_inputs(model: nn.Module, input_shape: Sequence[int],
@@ -134,6 +112,7 @@ class ModelProfile:
     input_shape: tuple[int, ...]
     latency: dict[int, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data."""
@@ -147,6 +126,7 @@ class ModelProfile:
             "input_shape": list(self.input_shape),
             "params": self.params,
             "macs": self.macs,
+            "precision": self.precision,
             "latency_ms": {str(b): dict(v) for b, v in self.latency.items()},
             "baseline": None if self.baseline is None else {
                 **self.baseline,
@@ -180,7 +160,7 @@ class ModelProfile:
             for bs, s in b.get("speedup", {}).items():
                 lines.append(f"  speedup at batch {bs}: {s:.2f}×")
         for bs, v in self.latency.items():
-            lines.append(f"latency batch {bs}: median {v['median_ms']:.3f} ms, "
+            lines.append(f"latency batch {bs} ({self.precision}): median {v['median_ms']:.3f} ms, "
                          f"IQR {v['iqr_ms']:.3f} ms")
         return Group(table, *lines)
 
@@ -209,42 +189,65 @@ def _counted_layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def count(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[ProfileRow], int, int]:
-    """Rows, total params and total MACs (per sample) of `model` on `input_shape`."""
+def _run_count(model: nn.Module, inputs: Inputs, what: str) -> Any:
+    try:
+        with eval_mode(model), torch.no_grad():
+            return count_macs(model, inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ConfigError(
+            f"forward pass on {what} failed: {e}; pass the input shape the model expects, "
+            "without the batch dimension (e.g. 3,32,32), or example_inputs= for models that "
+            "take token ids or several inputs"
+        ) from e
+
+
+def count(model: nn.Module, input_shape: Sequence[int] | None = None,
+          example_inputs: Inputs | None = None) -> tuple[list[ProfileRow], int, int]:
+    """Rows, total params and total MACs per sample of one forward pass of `model`.
+
+    Inputs: zeros `(1, *input_shape)`, or `example_inputs` (a tensor, a tuple of positional
+    inputs or a dict of keyword inputs; MACs are divided by its batch size). Raises
+    `ConfigError` when the forward pass fails.
+    """
+    if example_inputs is not None:
+        mc = _run_count(model, example_inputs, "example_inputs")
+    elif input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        mc = _run_count(model, example_input(model, shape), f"zeros of input_shape={shape}")
+    else:
+        raise ConfigError("count needs input_shape (without batch dim) or example_inputs")
+    b = max(mc.batch, 1)
     layers = _counted_layers(model)
-    hooked = dict(layers)
-    for name, mod in layers.items():
-        if isinstance(mod, FactorizedLayer):
-            for sub_name, sub in mod.named_modules():
-                if sub_name and isinstance(sub, DENSE_TYPES):
-                    hooked[f"{name}.{sub_name}"] = sub
-    shapes = trace_inputs(model, input_shape, hooked)
     rows: list[ProfileRow] = []
     counted_params = 0
     for name, mod in layers.items():
-        in_shape = shapes.get(name)
+        macs = mc.per_module.get(name, 0) // b
         if isinstance(mod, FactorizedLayer):
-            subs = [n for n in hooked if n.startswith(name + ".")]
-            if subs:
-                macs = sum(dense_macs(hooked[n], shapes[n]) for n in subs if n in shapes)
-            else:
-                macs = factorized_macs(mod, in_shape) if in_shape is not None else 0
             w_shape = _spec_shape(mod)
-            fmt, rank, typ = mod.format, mod.rank, type(mod).__name__
+            fmt, rank = mod.format, mod.rank
         else:
-            macs = dense_macs(mod, in_shape) if in_shape is not None else 0
-            w_shape, fmt, rank, typ = tuple(mod.weight.shape), None, None, type(mod).__name__
+            w_shape, fmt, rank = tuple(mod.weight.shape), None, None
         params = unique_params(mod)
         counted_params += params
-        rows.append(ProfileRow(name, typ, w_shape, fmt, rank, params, macs))
+        rows.append(ProfileRow(name, type(mod).__name__, w_shape, fmt, rank, params, macs))
+    covered = {id(m) for x in layers.values() for m in x.modules()}
+    inside = tuple(n + "." for n in layers)
+    for name, macs in own_macs(mc, model).items():
+        mod = model.get_submodule(name)
+        if id(mod) in covered or name.startswith(inside):
+            continue
+        covered.add(id(mod))
+        params = sum(p.numel() for p in mod.parameters(recurse=False))
+        counted_params += params
+        rows.append(ProfileRow(name or "(root)", type(mod).__name__, None, None, None, params,
+                               macs // b))
     total_params = unique_params(model)
     other = total_params - counted_params
     if other > 0:
-        covered = {id(m) for x in layers.values() for m in x.modules()}
         kinds = sorted({type(m).__name__ for m in model.modules()
                         if id(m) not in covered and any(True for _ in m.parameters(recurse=False))})
         rows.append(ProfileRow("(other)", ", ".join(kinds), None, None, None, other, 0))
-    total_macs = sum(r.macs for r in rows)
+    total_macs = mc.total // b
     for r in rows:
         r.params_share = r.params / total_params if total_params else 0.0
         r.macs_share = r.macs / total_macs if total_macs else 0.0
@@ -258,66 +261,58 @@ def _spec_shape(layer: FactorizedLayer) -> tuple[int, ...]:
     return (s.out_channels, s.in_channels // s.groups, *s.kernel_size)
 
 
-def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
-                    device: torch.device | str = "cpu", min_run_time: float = 0.2,
-                    warmup: int = 3) -> dict[str, float]:
-    """Median and IQR (ms) of one forward pass at `batch_size`, eval mode, `no_grad`.
-
-    `blocks` is the number of timed blocks the statistics come from.
-    """
-    from torch.utils import benchmark
-
-    x = example_input(model, input_shape, batch=batch_size, device=device)
-
-    def run() -> None:
-        with torch.no_grad():
-            model(x)
-
-    timer = benchmark.Timer(stmt="run()", globals={"run": run},
-                            num_threads=torch.get_num_threads())
-    with eval_mode(model):
-        start, n = time.perf_counter(), 0
-        while n < warmup or time.perf_counter() - start < min_run_time:  # warm-up by count+time
-            run()
-            n += 1
-        times: list[float] = []
-        for _ in range(4):  # a stalled block can end autorange early: ask for >= 5 blocks
-            times += timer.blocked_autorange(min_run_time=min_run_time).times
-            if len(times) >= 5:
-                break
-    t = torch.tensor(times, dtype=torch.float64)
-    q1, med, q3 = (float(v) for v in torch.quantile(t, torch.tensor([0.25, 0.5, 0.75],
-                                                                     dtype=torch.float64)))
-    return {"median_ms": 1e3 * med, "iqr_ms": 1e3 * (q3 - q1), "blocks": float(len(times))}
+def _input_shape_of(inputs: Inputs) -> tuple[int, ...]:
+    t = inputs if isinstance(inputs, torch.Tensor) else next(
+        (v for v in (inputs.values() if isinstance(inputs, dict) else inputs)
+         if isinstance(v, torch.Tensor)), None)
+    return tuple(int(s) for s in t.shape[1:]) if t is not None else ()
 
 
-def profile_model(model: nn.Module, input_shape: Sequence[int],
+def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
                   baseline: nn.Module | ModelProfile | None = None, latency: bool = True,
                   batch_sizes: Sequence[int] = (1, 8), device: torch.device | str = "cpu",
-                  min_run_time: float = 0.2) -> ModelProfile:
-    """Profile `model` on inputs of shape `(B, *input_shape)`.
+                  min_run_time: float = 0.2, example_inputs: Inputs | None = None,
+                  precision: str = "fp32") -> ModelProfile:
+    """Profile `model` on inputs of shape `(B, *input_shape)` (zeros), or on `example_inputs`
+    (tensor / tuple / dict of keyword inputs, re-batched to each `B` for latency).
 
-    `baseline` (a dense model or its profile) adds `params_ratio`, `macs_ratio` and, when both
-    have latency, `speedup` per batch size (= baseline median / model median). The model is
-    moved to `device` on a copy when it lives elsewhere; the caller's model is not modified.
+    `precision`: "fp32", or "bf16" (latency under bfloat16 autocast, on CPU too). `baseline`
+    (a dense model or its profile) adds `params_ratio`, `macs_ratio` and, when both have latency,
+    `speedup` per batch size (= baseline median / model median). The model is moved to `device`
+    on a copy when it lives elsewhere; the caller's model is not modified. A model on the meta
+    device is counted in place; asking it for latency raises `ConfigError`.
     """
-    if not input_shape:
-        raise ConfigError("profile_model needs input_shape without the batch dim, e.g. (3, 32, 32)")
-    input_shape = tuple(int(s) for s in input_shape)
-    dev = torch.device(device)
+    if example_inputs is None and not input_shape:
+        raise ConfigError("profile_model needs input_shape without the batch dim, e.g. (3, 32, 32),"
+                          " or example_inputs=")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"profile_model: precision={precision!r}, choose one of {PRECISIONS}")
     p = next(iter(model.parameters()), None)
-    if p is not None and p.device != dev:
-        model = copy.deepcopy(model).to(dev)
-    rows, params, macs = count(model, input_shape)
-    prof = ModelProfile(rows, params, macs, input_shape)
+    if p is not None and p.is_meta:
+        if latency:
+            raise ConfigError("profile_model: the model is on the meta device (no weights), so "
+                              "latency cannot be measured; pass latency=False (CLI: --no-latency)")
+        dev = p.device
+    else:
+        dev = torch.device(device)
+        if p is not None and p.device != dev:
+            model = copy.deepcopy(model).to(dev)
+    if example_inputs is not None:
+        shape = _input_shape_of(example_inputs)
+    else:
+        shape = tuple(int(s) for s in input_shape or ())
+    rows, params, macs = count(model, shape, example_inputs)
+    prof = ModelProfile(rows, params, macs, shape, precision=precision)
     if latency:
         for bs in batch_sizes:
-            prof.latency[int(bs)] = measure_latency(model, input_shape, int(bs), dev, min_run_time)
+            prof.latency[int(bs)] = measure_latency(model, shape, int(bs), dev, min_run_time,
+                                                    example_inputs=example_inputs,
+                                                    precision=precision)
     if baseline is not None:
         if isinstance(baseline, nn.Module):
-            baseline = profile_model(baseline, input_shape, latency=latency,
-                                     batch_sizes=batch_sizes, device=device,
-                                     min_run_time=min_run_time)
+            baseline = profile_model(baseline, shape, latency=latency, batch_sizes=batch_sizes,
+                                     device=device, min_run_time=min_run_time,
+                                     example_inputs=example_inputs, precision=precision)
         prof.baseline = {
             "params": baseline.params,
             "macs": baseline.macs,

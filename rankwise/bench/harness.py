@@ -1,12 +1,15 @@
 """Benchmark harness: named cells, resumable runs, results as JSON.
 
 A suite is a list of `Cell`s. Each cell is run once by a runner function and its result is written
-atomically to `out_dir/cells/<key>.json`; a killed benchmark resumes at the first unfinished cell
-and reuses the finished ones. Nothing here knows about methods: suites supply the runner.
+atomically to `out_dir/cells/<key>.json` with the cell's `identity` (a hash of its params and the
+rankwise version); a killed benchmark resumes at the first unfinished cell and reuses finished
+ones whose identity matches — a cell whose settings changed is rerun. Nothing here knows about
+methods: suites supply the runner (and put every result-changing setting into `params`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -37,10 +40,28 @@ class Cell:
     def filename(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.key) + ".json"
 
+    @property
+    def identity(self) -> str:
+        """SHA-256 of the key, the params (canonical JSON) and the rankwise version."""
+        import rankwise
+
+        text = json.dumps({"key": self.key, "params": self.params,
+                           "rankwise": rankwise.__version__}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def failure_line(record: dict[str, Any], width: int = 160) -> str:
+    """`FAILED key: ErrorType: first line of the message` cut to `width` characters."""
+    error = str(record.get("error") or "unknown error").strip().splitlines()[0]
+    text = f"FAILED {record.get('key')}: {error}"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` via a temp file in the same folder and `os.replace`."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    """Write `data` as strict JSON (NaN → string) via a temp file and `os.replace`."""
+    from rankwise.train.logger import dumps
+
+    text = dumps(data, indent=2, sort_keys=True)
     atomic_write(path, text.encode("utf-8"))
 
 
@@ -123,7 +144,7 @@ def run_cells(
                     old = json.loads(path.read_text())
                 except json.JSONDecodeError:
                     old = {}
-                if old.get("status") == "done" and old.get("params") == cell.params:
+                if old.get("status") == "done" and old.get("identity") == cell.identity:
                     results.append(old)
                     bar.advance(task)
                     continue
@@ -137,9 +158,9 @@ def run_cells(
             except Exception as e:  # noqa: BLE001 - recorded and reported, suite goes on
                 if not keep_going:
                     raise
-                record = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                record = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000],
                           "traceback": traceback.format_exc()}
-            record.update(key=cell.key, params=cell.params, env=env,
+            record.update(key=cell.key, params=cell.params, identity=cell.identity, env=env,
                           seconds=round(time.perf_counter() - start, 3))
             write_json_atomic(path, record)
             results.append(record)

@@ -16,7 +16,6 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -31,25 +30,25 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
 
-def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, hooks: list[Any],
+def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, methods: list[Any],
              x: torch.Tensor, y: torch.Tensor) -> Callable[[int], None]:
-    trainer = SimpleNamespace(model=model, optimizer=opt)
-    for h in hooks:
-        h.on_train_start(trainer)
+    """One training step of `model` driven through the methods' loop-agnostic life cycle."""
 
     def step(i: int) -> None:
-        for h in hooks:
-            h.on_batch_start(trainer, i)
+        for m in methods:
+            m.before_forward(i)
         loss = F.cross_entropy(model(x), y)
-        for h in hooks:
-            extra = h.extra_loss(trainer, model)
-            if extra is not None:
-                loss = loss + extra
+        for m in methods:
+            pen = m.penalty()
+            if pen is not None:
+                loss = loss + pen
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for h in hooks:
-            h.after_backward(trainer, i)
+        for m in methods:
+            m.after_backward(i)
         opt.step()
+        for m in methods:
+            m.after_step(i)
 
     return step
 
@@ -57,23 +56,21 @@ def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, hooks: list[Any],
 def build_setups(model_name: str = "resnet20", input_shape: tuple[int, int, int] = (3, 32, 32),
                  batch_size: int = 128, seed: int = 0) -> dict[str, dict[str, Any]]:
     """name → {"step": fn(i), "macs": MACs per sample, "params": int}."""
-    from rankwise.methods.elrt import ELRTConfig, OrthogonalityHook, build_model
-    from rankwise.methods.sfw import SFWConfig, build_sfw
-    from rankwise.methods.trp import TRPConfig, TRPHook
+    from rankwise.methods import ELRT, TRP, ELRTConfig, SFWConfig, TRPConfig, build_sfw
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *input_shape, generator=g)
     y = torch.randint(0, 10, (batch_size,), generator=g)
     setups: dict[str, dict[str, Any]] = {}
 
-    def add(name: str, model: nn.Module, opt: torch.optim.Optimizer, hooks: list[Any],
+    def add(name: str, model: nn.Module, opt: torch.optim.Optimizer, methods: list[Any],
             channels_last: bool = False) -> None:
         xx = x
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
             xx = x.contiguous(memory_format=torch.channels_last)
         _, params, macs = count(model, input_shape)
-        setups[name] = {"step": _step_fn(model.train(), opt, hooks, xx, y), "params": params,
+        setups[name] = {"step": _step_fn(model.train(), opt, methods, xx, y), "params": params,
                         "macs": macs}
 
     torch.manual_seed(seed)
@@ -81,7 +78,7 @@ def build_setups(model_name: str = "resnet20", input_shape: tuple[int, int, int]
     add("dense SGD", m, _sgd(m), [])
     torch.manual_seed(seed)
     m = create_model(model_name)
-    add("TRP (m=1, λ=3e-4)", m, _sgd(m), [TRPHook(TRPConfig())])
+    add("TRP (m=1, λ=3e-4)", m, _sgd(m), [TRP(m, TRPConfig(), input_shape=input_shape)])
     torch.manual_seed(seed)
     m = create_model(model_name)
     add("SFW spectral-K-support", m, build_sfw(m, 0.1, SFWConfig()), [])
@@ -89,9 +86,10 @@ def build_setups(model_name: str = "resnet20", input_shape: tuple[int, int, int]
         cfg = ELRTConfig(format="tucker2", rank=f"budget:macs={1 / ratio:g}")
         for cl in (False, True):
             torch.manual_seed(seed)
-            m, _ = build_model(model_name, cfg, input_shape=input_shape)
+            elrt = ELRT.build(model_name, cfg, input_shape=input_shape, orth_weight=1e-3)
+            m = elrt.model
             tag = f"ELRT tucker2 {ratio}× MACs" + (" (channels_last)" if cl else "")
-            add(tag, m, _sgd(m), [OrthogonalityHook(1e-3, 0)], channels_last=cl)
+            add(tag, m, _sgd(m), [elrt], channels_last=cl)
     torch.manual_seed(seed)
     m = create_model(model_name)
     add("dense SGD (channels_last)", m, _sgd(m), [], channels_last=True)

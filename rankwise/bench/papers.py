@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # Each entry: model, dataset, method, baseline top-1 %, method top-1 %, compression note, source.
@@ -66,3 +67,49 @@ def compare_markdown(paper: str, ours: list[dict[str, Any]] | None = None) -> st
             lines.append(f"| {r['group']} | {r['method']} | {r['level']} | {r['acc']:.2f} | "
                          f"{d} | {px} | {mx} |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """A published number matched to our rows by `(model, method, scheme)`.
+
+    `acc` top-1 %; `baseline` the paper's dense accuracy (so `drop = baseline − acc`, points);
+    `speedup` FLOPs reduction × as the paper counts it; `comparable` False when the paper's
+    model differs from ours (the reference code's Bottleneck "ResNet-56")."""
+
+    paper: str
+    model: str
+    method: str
+    scheme: str | None
+    acc: float
+    baseline: float | None = None
+    speedup: float | None = None
+    params: str | None = None
+    comparable: bool = True
+    note: str = ""
+
+    @property
+    def drop(self) -> float | None:
+        """Baseline − method accuracy (points), None for a baseline row."""
+        return None if self.baseline is None else self.baseline - self.acc
+
+
+PAPER_ROWS: tuple[PaperRow, ...] = (
+    PaperRow("trp", "resnet20", "dense", None, 91.74, note="TRP README baseline"),
+    PaperRow("trp", "resnet20", "trp+nu", "channel", 90.50, 91.74, 2.17, "0.10M"),
+    PaperRow("trp", "resnet20", "trp+nu", "spatial", 90.62, 91.74, 2.84, "0.08M"),
+    PaperRow("trp", "resnet56", "dense", None, 93.14, comparable=False,
+             note="reference code's Bottleneck ResNet-56, not the BasicBlock one"),
+    PaperRow("trp", "resnet56", "trp+nu", None, 92.77, 93.14, 1.0 / (1.0 - 0.567),
+             comparable=False, note="FLOPs −56.7 %; Bottleneck ResNet-56, scheme not stated"),
+)
+"""The rows of `PAPERS` that have a counterpart in the CIFAR-10 suite (TRP README numbers)."""
+
+
+def paper_row(model: str, method: str, scheme: str | None) -> PaperRow | None:
+    """The published row for our `(model, method, scheme)`; a paper row without a scheme matches
+    any scheme of its model and method. None when the paper has no such number."""
+    for r in PAPER_ROWS:
+        if r.model == model and r.method == method and r.scheme in (scheme, None):
+            return r
+    return None

@@ -11,23 +11,27 @@ params after / params before) and the same epoch budget:
 - `elrt@L`: trained from scratch in Tucker-2 form at budget L (`epochs` epochs).
 
 The first conv is never factorized (TRP's and ELRT's convention), classifier layers are
-candidates like any other linear. Cells call the public CLI (`rankwise train`) so the suite
-measures exactly what users run; finished training runs are reused on resume.
+candidates like any other linear. Cells build `RunConfig`s and call `rankwise.run` — the function
+`rankwise train` calls — so the suite measures exactly what users run. A cell's identity is the
+hash of every setting that changes its result (`cell_settings`); training run directories are
+named by the hash of their `RunConfig` and reused only when their stored config matches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rankwise.bench.benchmarks_md import load_result_files, register_section
 from rankwise.bench.harness import Cell
+from rankwise.bench.suite_runs import ensure_run, load_run_splits, run_config, train_seconds
+from rankwise.errors import ConfigError
 
 LEVELS = (0.5, 0.25)
 # Methods that train a dense-shaped model which is then decomposed at each level, no retraining.
@@ -43,7 +47,12 @@ class SuiteModel:
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    """One suite: a dataset, models, a training recipe and compression levels."""
+    """One suite: a dataset, models, a training recipe and compression levels.
+
+    `train_options` / `data_options`: `TrainConfig` / `DataConfig` fields for every run;
+    `method_options[key]`: the method's config fields, `method_train[key]`: `TrainConfig` fields
+    for that method only (`key` is the suite's method name, e.g. "sfw" or "erank-reg:l1sv").
+    """
 
     name: str
     dataset: str
@@ -58,10 +67,29 @@ class SuiteConfig:
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = ("dense", "pretrain", "trp", "sfw", "elrt")
     schedule: str = "cosine"
-    milestones: str = ""
-    extra_train_args: tuple[str, ...] = ()  # e.g. ("--synthetic-size", "256")
-    method_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    milestones: tuple[int, ...] = ()
+    train_options: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+                  (self.finetune >= 0, f"finetune must be >= 0, got {self.finetune}"),
+                  (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                  (bool(self.seeds), "--seeds must name at least one seed"),
+                  (bool(self.methods), "--methods must name at least one method"),
+                  (self.limit_train is None or self.limit_train >= 1,
+                   f"--limit-train must be >= 1, got {self.limit_train}"),
+                  (self.limit_test is None or self.limit_test >= 1,
+                   f"--limit-test must be >= 1, got {self.limit_test}"),
+                  (self.threads is None or self.threads >= 1,
+                   f"--threads must be >= 1, got {self.threads}")]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"bench suite {self.name}: {msg}")
 
 
 QUICK = SuiteConfig(
@@ -71,18 +99,11 @@ QUICK = SuiteConfig(
     epochs=3, finetune=1, lr=0.05, limit_train=10000, limit_test=2000,
     # No crop/flip (28×28 grey images) and half an epoch of warm-up: ELRT's factorized linears
     # diverged at lr 0.05 without warm-up; every method gets the same recipe.
-    extra_train_args=("--no-augment", "--warmup", "0.5"),
-    method_args={"trp": ("--trp-energy", "0.9", "--trp-nuclear-weight", "3e-4"),
-                 "sfw": ("--sfw-constraint", "spectral-k-support", "--sfw-k", "0.3",
-                         "--sfw-width", "10", "--sfw-rescale", "gradient", "--wd", "0",
-                         "--sfw-sweep", "none")},
-)
-
-CIFAR10 = SuiteConfig(
-    name="cifar10", dataset="cifar10",
-    models=(SuiteModel("resnet20", "resnet20"), SuiteModel("resnet56", "resnet56")),
-    epochs=164, finetune=10, lr=0.1, schedule="step", milestones="82,122",
-    method_args=QUICK.method_args,
+    train_options={"augment": False, "warmup_epochs": 0.5},
+    method_options={"trp": {"energy": 0.9, "nuclear_weight": 3e-4},
+                    "sfw": {"constraint": "spectral-k-support", "k": 0.3, "width": 10.0,
+                            "rescale": "gradient", "sweep": "none"}},
+    method_train={"sfw": {"weight_decay": 0.0}},
 )
 
 # ELRT's format comparison at equal params (issue: the paper's systematic study of formats).
@@ -96,12 +117,29 @@ ELRT_FORMATS = dataclasses.replace(
 REGULARIZERS = dataclasses.replace(
     QUICK, name="regularizers", models=(QUICK.models[1],),
     methods=("dense", "erank-reg:erank", "erank-reg:nuclear", "erank-reg:l1sv"),
-    method_args={f"erank-reg:{m}": ("--erank-reg-measure", m, "--erank-reg-weight", "1e-3")
-                 for m in ("erank", "nuclear", "l1sv")},
+    method_options={f"erank-reg:{m}": {"measure": m, "weight": 1e-3}
+                    for m in ("erank", "nuclear", "l1sv")},
 )
 
-SUITES = {"quick": QUICK, "cifar10": CIFAR10, "elrt-formats": ELRT_FORMATS,
-          "regularizers": REGULARIZERS}
+# The CIFAR-10 paper-recipe suite is its own module (`rankwise.bench.cifar10`): long runs are
+# listed as commands, run one by one, and collected into committed result files.
+SUITES = {"quick": QUICK, "elrt-formats": ELRT_FORMATS, "regularizers": REGULARIZERS}
+
+
+def cell_settings(cfg: SuiteConfig, method: str) -> dict[str, Any]:
+    """Every suite setting that changes the result of a cell of `method` (+ rankwise version)."""
+    import rankwise
+
+    key = None if method in ("dense", "pretrain") else method
+    return {"dataset": cfg.dataset, "epochs": cfg.epochs, "lr": cfg.lr,
+            "batch_size": cfg.batch_size, "limit_train": cfg.limit_train,
+            "limit_test": cfg.limit_test, "schedule": cfg.schedule,
+            "milestones": list(cfg.milestones), "train_options": dict(cfg.train_options),
+            "data_options": dict(cfg.data_options),
+            "finetune": cfg.finetune if method == "pretrain" else None,
+            "method_options": dict(cfg.method_options.get(key or "", {})),
+            "method_train": dict(cfg.method_train.get(key or "", {})),
+            "rankwise": rankwise.__version__}
 
 
 def suite_cells(cfg: SuiteConfig) -> list[Cell]:
@@ -109,68 +147,16 @@ def suite_cells(cfg: SuiteConfig) -> list[Cell]:
     cells = []
     for seed in cfg.seeds:
         for m in cfg.models:
-            base = {"model": m.name, "label": m.label, "model_kwargs": m.kwargs, "seed": seed}
+            base = {"model": m.name, "label": m.label, "model_kwargs": dict(m.kwargs),
+                    "seed": seed}
             for method in cfg.methods:
                 levels = [None] if method == "dense" else list(cfg.levels)
                 for level in levels:
                     tag = "dense" if level is None else f"{method}@{level:g}"
                     cells.append(Cell(f"{cfg.name}/{m.label}/{tag}/s{seed}",
-                                      {**base, "method": method, "level": level}))
+                                      {**base, "method": method, "level": level,
+                                       "settings": cell_settings(cfg, method)}))
     return cells
-
-
-def _train_argv(cfg: SuiteConfig, p: dict[str, Any], method: str, out: Path,
-                extra: tuple[str, ...] = (), key: str | None = None) -> list[str]:
-    """`rankwise train` argv of a cell; `key` selects `cfg.method_args` (default `method`)."""
-    argv = ["train", "--model", p["model"], "--dataset", cfg.dataset, "--out", str(out),
-            "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size),
-            "--schedule", cfg.schedule, "--seed", str(p["seed"]), "--quiet", "--method", method]
-    if cfg.milestones:
-        argv += ["--milestones", cfg.milestones]
-    if "width" in p["model_kwargs"]:
-        argv += ["--width", str(p["model_kwargs"]["width"])]
-    if cfg.limit_train:
-        argv += ["--limit-train", str(cfg.limit_train)]
-    if cfg.limit_test:
-        argv += ["--limit-test", str(cfg.limit_test)]
-    if cfg.threads:
-        argv += ["--num-threads", str(cfg.threads)]
-    method_args = cfg.method_args.get(key or method, ())
-    return argv + list(cfg.extra_train_args) + list(method_args) + list(extra)
-
-
-def ensure_run(argv: list[str], out: Path) -> dict[str, Any]:
-    """Run `rankwise train argv` unless `out/summary.json` exists; resume a killed run."""
-    from rankwise.cli import main
-
-    summary = out / "summary.json"
-    if not summary.exists():
-        if (out / "checkpoint.pt").exists():
-            argv = [*argv, "--resume"]
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = main(argv)
-        if code != 0 or not summary.exists():
-            raise RuntimeError(f"`rankwise {' '.join(argv)}` failed with exit code {code}")
-    return json.loads(summary.read_text())
-
-
-def train_seconds(run: Path) -> float:
-    """Total training time of a run: the sum of its epochs' `time_s` in `metrics.jsonl`."""
-    total = 0.0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event.get("event") == "epoch":
-            total += float(event.get("time_s", 0.0))
-    return total
-
-
-def _load_splits(run: Path) -> tuple[Any, Any]:
-    """The train/test splits a finished run used (its `config.json` dataset spec)."""
-    from rankwise.cli.train import load_split
-
-    spec = json.loads((run / "config.json").read_text())["dataset"]
-    return (load_split(spec, True, limit=spec.get("limit_train")),
-            load_split(spec, False, limit=spec.get("limit_test")))
 
 
 def _measure(model: torch.nn.Module, test, input_shape: tuple[int, ...],
@@ -219,57 +205,55 @@ def run_suite_cell(cfg: SuiteConfig, root: Path, cell: Cell) -> dict[str, Any]:
                               "level": "-" if level is None else f"{level:g}",
                               "seed": p["seed"], "epochs": cfg.epochs}
     base = method.split(":")[0]
-    extra: tuple[str, ...] = ()
     if method in ("dense", "pretrain"):
-        out, train_method = runs / "dense", "dense"
+        rc = run_config(cfg, p, "dense", runs)
     elif base in COMPRESSION_AWARE:
-        # Trained dense-shaped once (variant flags from cfg.method_args[method]), then cut at
-        # each level without retraining.
-        out, train_method = runs / method.replace(":", "-"), base
+        # Trained dense-shaped once (variant options from cfg.method_options[method]), then
+        # cut at each level without retraining.
+        rc = run_config(cfg, p, base, runs, key=method)
     elif base == "elrt":
         fmt = method.split(":")[1] if ":" in method else "tucker2"
-        out = runs / (f"elrt@{level:g}" if fmt == "tucker2" else f"elrt-{fmt}@{level:g}")
-        train_method = "elrt"
-        extra = ("--elrt-format", fmt, "--elrt-rank", f"budget:params={level:g}")
+        rc = run_config(cfg, p, "elrt", runs, {"format": fmt, "rank": f"budget:params={level:g}"},
+                        key=method if ":" in method else "elrt")
     else:
-        raise ValueError(f"unknown method {method!r} in suite {cfg.name}")
-    key = None if method in ("dense", "pretrain") else method
-    ensure_run(_train_argv(cfg, p, train_method, out, extra, key=key), out)
+        raise ConfigError(f"unknown method {method!r} in suite {cfg.name}")
+    ensure_run(rc)
+    out = Path(rc.out)
     seconds = train_seconds(out)
-    train, test = _load_splits(out)
+    train, test = load_run_splits(out)
     shape = tuple(train.shape)
     model = rio.load(out)
     if method == "pretrain":
-        model, seconds, info = _pretrain(cfg, model, train, test, level, runs, seconds)
+        model, seconds, info = _pretrain(cfg, model, train, test, level, out, seconds)
         result.update(info)
     elif base in COMPRESSION_AWARE:
         result["x_acc_before_compress"] = _measure(model, test, shape)["acc"]
         model, info = _compress(model, "channel", level, shape)
         result.update(info)
-    dense_dir = runs / "dense"
+    dense_dir = Path(run_config(cfg, p, "dense", runs).out)
     ref = rio.load(dense_dir) if method != "dense" and (dense_dir / "model.json").exists() else None
     result.update(_measure(model, test, shape, ref))
     result["train_seconds"] = seconds
     return result
 
 
-def _pretrain(cfg: SuiteConfig, model, train, test, level: float, runs: Path,
+def _pretrain(cfg: SuiteConfig, model, train, test, level: float, dense_run: Path,
               dense_seconds: float | None):
     """Decompose the dense run at `level` (Tucker-2 + SVD) and fine-tune `cfg.finetune` epochs."""
     from rankwise.train import TrainConfig
 
-    out = runs / f"pretrain@{level:g}"
+    # The fine-tuning is redone with its cell: a fresh directory named after the dense run.
+    out = dense_run.parent / f"pretrain@{level:g}-{dense_run.name}"
+    shutil.rmtree(out, ignore_errors=True)
     # The fine-tuning recipe follows the suite's (same augmentation), at a tenth of its lr.
     train_cfg = TrainConfig(epochs=cfg.finetune, batch_size=cfg.batch_size, lr=cfg.lr / 10,
                             schedule="cosine", seed=0, quiet=True,
-                            augment="--no-augment" not in cfg.extra_train_args,
+                            augment=cfg.train_options.get("augment", True),
                             num_threads=cfg.threads)
-    try:
-        from rankwise.train.pretrain import decompose_and_finetune
-    except ImportError:  # pragma: no cover - only while the pre-train API is missing
-        decompose_and_finetune = None
+    from rankwise.train.pretrain import decompose_and_finetune
+
     shape = tuple(train.shape)
-    if decompose_and_finetune is None or cfg.finetune == 0:
+    if cfg.finetune == 0:
         model, info = _compress(model, "tucker2", level, shape)
         return model, dense_seconds, info
     model, report = decompose_and_finetune(
@@ -280,3 +264,56 @@ def _pretrain(cfg: SuiteConfig, model, train, test, level: float, runs: Path,
     extra = {"x_acc_after_decompose": 100.0 * after}
     ft = report.get("finetune_seconds") or 0.0
     return model, (dense_seconds or 0.0) + ft, extra
+
+
+def suite_header(name: str, results: list[dict[str, Any]]) -> str:
+    """The table's header, stating the settings the cells really ran with (not the request)."""
+    settings = [r.get("params", {}).get("settings") or {} for r in results]
+    env = next((r["env"] for r in results if r.get("env")), {})
+
+    def values(key: str) -> str:
+        vals = sorted({json.dumps(s.get(key)) for s in settings if key in s})
+        shown = [("all" if v == "null" else v.strip('"')) for v in vals]
+        return "/".join(shown) if shown else "?"
+
+    seeds = sorted({r.get("params", {}).get("seed") for r in results} - {None})
+    return (f"Suite `{name}` ({values('dataset')}; {values('epochs')} epochs; train limit "
+            f"{values('limit_train')}, test limit {values('limit_test')}; lr {values('lr')}, "
+            f"{values('schedule')} schedule; seeds {seeds}; {len(results)} cells). Machine: "
+            f"{env.get('machine')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} "
+            f"torch threads, device {env.get('device')}); torch {env.get('torch')}; rankwise "
+            f"{env.get('rankwise')} @ {env.get('git_commit')}; {env.get('date')}.\n\n")
+
+
+def save_results(results: list[dict[str, Any]], dest: Path, suite: str) -> Path:
+    """One JSON per finished cell in `dest` (command, commit, machine, date, seed, settings,
+    metrics): the files `rankwise bench report` renders."""
+    from rankwise.bench.harness import write_json_atomic
+
+    for r in results:
+        if r.get("status") != "done":
+            continue
+        env = r.get("env") or {}
+        name = Cell(r["key"]).filename
+        write_json_atomic(Path(dest) / name, {
+            "suite": suite, "key": r["key"], "command": env.get("command"),
+            "commit": env.get("git_commit"), "machine": env.get("machine"),
+            "date": env.get("date"), "seed": r["params"].get("seed"), "env": env,
+            "params": r["params"], "metrics": r["result"]})
+    return Path(dest)
+
+
+@register_section("quick", order=10)
+def section(results_root: Path) -> str:
+    """The quick suite's BENCHMARKS.md section from `results_root/quick/*.json`."""
+    from rankwise.bench.report import summarize, to_markdown
+
+    files = load_result_files(Path(results_root) / "quick")
+    if not files:
+        return ""
+    results = [{"status": "done", "result": f["metrics"], "params": f.get("params", {}),
+                "env": f.get("env", {})} for f in files]
+    commands = sorted({f.get("command") or "?" for f in files})
+    text = "## Quick suite (CPU)\n\n" + suite_header("quick", results)
+    text += "Command: " + "; ".join(f"`{c}`" for c in commands) + "\n\n"
+    return text + to_markdown(summarize(results))

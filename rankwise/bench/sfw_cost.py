@@ -6,13 +6,18 @@
 - `train_step_ms`: a whole step (zero_grad, forward, cross-entropy, backward, optimizer step) with
   SGD (momentum 0.9, wd 1e-4), SFW + spectral-K-support (K = 0.3 of each conv's max rank, block
   power iteration, 10 steps, warm-started), SFW + nuclear ball (top pair, 20 power steps), and
-  SGD + nuclear penalty (`--method nuclear-penalty`: `TRPHook` with a full SVD of every conv);
+  SGD + nuclear penalty (`--method nuclear-penalty`: `NuclearRegularizer`, a full SVD of every
+  conv);
 - `optimizer_step_ms`: `optimizer.step()` alone (plus the penalty hook's SVD + gradient update
   for the nuclear penalty) on fixed gradients;
 - `lmo_ms`: the LMOs of the constrained conv weights alone, summed over the layers, for the
-  nuclear ball, spectral-K-support with power iteration (warm and cold start) and with an exact
-  SVD, next to `full_svd_subgradient_ms`: `λ·U Vᵀ` from `torch.linalg.svd` per conv (what a
-  nuclear-norm penalty step needs), also summed over the layers.
+  nuclear ball and spectral-K-support with the default path (`method="auto"`: the exact top-K
+  from a tall-side SVD here), with 10/20-step power iteration (warm and cold start), next to
+  `full_svd_subgradient`: `λ·U Vᵀ` from `torch.linalg.svd` per conv (what a nuclear-norm
+  penalty step needs), also summed over the layers;
+- `lmo_power_error`: how far the 10-step (warm-started over `repeats` steps of the same
+  gradient, and cold) spectral-K-support power vertex is from the exact one: the relative
+  shortfall in `−⟨G, v⟩` and `‖v − v_exact‖ / ‖v_exact‖`, min/max over the convs.
 
 Medians over `repeats` timed runs after `warmup` untimed ones, in milliseconds. Run:
 
@@ -22,6 +27,7 @@ Medians over `repeats` timed runs after `warmup` untimed ones, in milliseconds. 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -33,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.methods import NuclearRegularizer
 from rankwise.methods.sfw import NuclearPenaltyConfig, SFWConfig, build_sfw
-from rankwise.methods.trp import TRPHook
 from rankwise.models import create_model
 from rankwise.optim import make_param_groups
 
@@ -61,11 +67,6 @@ def _interleaved_ms(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-class _FakeTrainer:
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-
 def _setups(model_name: str, device: torch.device) -> dict[str, tuple[nn.Module, Any, Any]]:
     """name → (model, optimizer, penalty hook or None), each from the same initialization."""
     out: dict[str, tuple[nn.Module, Any, Any]] = {}
@@ -79,8 +80,7 @@ def _setups(model_name: str, device: torch.device) -> dict[str, tuple[nn.Module,
         else:
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
             if name == "sgd_nuclear_penalty":
-                hook = TRPHook(NuclearPenaltyConfig().trp_config())
-                hook.on_train_start(_FakeTrainer(model))
+                hook = NuclearRegularizer(model, NuclearPenaltyConfig())
         out[name] = (model, opt, hook)
     return out
 
@@ -93,10 +93,12 @@ def _lmo_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     grads = [m.weight.grad.detach().clone() for m in convs]
     weights = [m.weight.detach() for m in convs]
-    variants = {"nuclear_power20": ("nuclear", {}),
-                "spectral_k_support_power10_warm": ("spectral-k-support", {}),
-                "spectral_k_support_power10_cold": ("spectral-k-support", {"warm_start": False}),
-                "spectral_k_support_exact": ("spectral-k-support", {"method": "exact"})}
+    variants = {"nuclear_default": ("nuclear", {}),
+                "nuclear_power20": ("nuclear", {"method": "power"}),
+                "spectral_k_support_default": ("spectral-k-support", {}),
+                "spectral_k_support_power10_warm": ("spectral-k-support", {"method": "power"}),
+                "spectral_k_support_power10_cold": ("spectral-k-support",
+                                                    {"method": "power", "warm_start": False})}
     fns: dict[str, Callable[[], Any]] = {}
     for label, (name, opts) in variants.items():
         groups = [g for g in make_param_groups(model, name, k=0.3, **opts)
@@ -122,6 +124,33 @@ def _lmo_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
     return out
 
 
+def lmo_power_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    warm_steps: int = 5) -> dict[str, float]:
+    """Power-iteration vs exact spectral-K-support vertex on each conv's gradient (K = 0.3):
+    relative objective shortfall `1 − ⟨G, v_pow⟩ / ⟨G, v_exact⟩` and relative distance."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    exact = make_param_groups(model, "spectral-k-support", k=0.3, method="exact")
+    out: dict[str, list[float]] = {}
+    for label, warm in (("warm", True), ("cold", False)):
+        power = make_param_groups(model, "spectral-k-support", k=0.3, method="power",
+                                  warm_start=warm)
+        for ge, gp in zip(exact, power, strict=True):
+            p = ge["params"][0]
+            if p.dim() != 4:
+                continue
+            g = p.grad.detach()
+            ve = ge["constraint"].lmo(g)
+            state: dict[str, Any] = {}
+            for _ in range(warm_steps if warm else 1):
+                vp = gp["constraint"].lmo(g, state=state)
+            short = 1.0 - float((g * vp).sum()) / float((g * ve).sum())
+            dist = float(torch.linalg.vector_norm(vp - ve) / torch.linalg.vector_norm(ve))
+            out.setdefault(f"{label}_objective_shortfall", []).append(short)
+            out.setdefault(f"{label}_relative_distance", []).append(dist)
+    return {f"{k}_{f.__name__}": f(v) for k, v in out.items() for f in (min, max)}
+
+
 def measure_sfw_cost(model: str = "resnet20", batch_size: int = 128, repeats: int = 5,
                      warmup: int = 2, threads: int | None = 1, device: str = "cpu",
                      seed: int = 0) -> dict[str, Any]:
@@ -136,26 +165,27 @@ def measure_sfw_cost(model: str = "resnet20", batch_size: int = 128, repeats: in
         y = torch.randint(10, (batch_size,), generator=gen).to(dev)
         setups = _setups(model, dev)
         steps, opt_steps = {}, {}
+        counter = itertools.count()  # the method objects act once per (new) step number
         for name, (net, opt, hook) in setups.items():
             net.train()
-            trainer = _FakeTrainer(net)
 
-            def step(net: nn.Module = net, opt: Any = opt, hook: Any = hook,
-                     trainer: Any = trainer) -> None:
+            def step(net: nn.Module = net, opt: Any = opt, hook: Any = hook) -> None:
+                i = next(counter)
                 if hook is not None:
-                    hook.on_batch_start(trainer, 0)
+                    hook.before_forward(i)
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(net(x), y).backward()
                 if hook is not None:
-                    hook.after_backward(trainer, 0)
+                    hook.after_backward(i)
                 opt.step()
 
             steps[name] = step
 
-            def opt_step(opt: Any = opt, hook: Any = hook, trainer: Any = trainer) -> None:
+            def opt_step(opt: Any = opt, hook: Any = hook) -> None:
+                i = next(counter)
                 if hook is not None:
-                    hook.on_batch_start(trainer, 0)
-                    hook.after_backward(trainer, 0)
+                    hook.before_forward(i)
+                    hook.after_backward(i)
                 opt.step()
 
             opt_steps[name] = opt_step  # on the gradients of the last full step
@@ -163,6 +193,8 @@ def measure_sfw_cost(model: str = "resnet20", batch_size: int = 128, repeats: in
         opt_ms = _interleaved_ms(opt_steps, repeats, warmup, dev)
         torch.manual_seed(seed)
         lmo = _lmo_times(create_model(model).to(dev), x, y, repeats, warmup, dev)
+        torch.manual_seed(seed)
+        power_error = lmo_power_error(create_model(model).to(dev), x, y)
     finally:
         torch.set_num_threads(old_threads)
     return {
@@ -170,6 +202,7 @@ def measure_sfw_cost(model: str = "resnet20", batch_size: int = 128, repeats: in
         "device": str(dev), "threads": threads, "repeats": repeats, "warmup": warmup,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "train_step_ms": train_ms, "optimizer_step_ms": opt_ms, "lmo_ms": lmo,
+        "lmo_power_error": power_error,
         "sfw_step_overhead_vs_sgd": {k: train_ms[k] / train_ms["sgd"] for k in train_ms},
     }
 

@@ -5,7 +5,8 @@ RUN_OR_MODEL is a run directory (trainer output: `config.json` + `model.json` +
 holding one one level down), or a zoo model name (random init, `--seed`). Writes into `--out`
 (default: `RUN/analysis` for a directory, nothing for a model name): `report.md`, `report.json`,
 `spectra.png` (σ/σ_max of every layer on one log-scale plot) and `erank.png` (effective rank
-next to max rank per layer); prints a rich table.
+next to max rank per layer); prints a rich table. The output folder is built beside itself and
+swapped in when complete; a non-empty folder that is not an earlier analysis is refused.
 """
 
 from __future__ import annotations
@@ -154,26 +155,37 @@ def analyze_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from rankwise.analysis.layer_ranks import analyze_model, summarize, to_markdown
+    from rankwise.cli import output_of
+    from rankwise.io.atomic import (
+        atomic_dir,
+        atomic_write_json,
+        atomic_write_text,
+        check_replaceable,
+        json_text,
+    )
 
+    replace_if = output_of("analyze", "report.json", "report.md")
+    if args.out:
+        check_replaceable(args.out, replace_if)  # refuse before the slow part
     loaded = load_target(args.target, args)
     stats = analyze_model(loaded.model, args.scheme)
     title = f"rank analysis of {args.target} ({args.scheme})"
     summary = summarize(stats)
     out = Path(args.out) if args.out else (loaded.path / "analysis" if loaded.path else None)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        report = {"target": str(args.target), "arch": loaded.arch, "scheme": args.scheme,
-                  "summary": summary, "layers": [s.to_dict() for s in stats]}
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        md = to_markdown(stats, title, args.scheme)
-        if not args.no_plots:
-            plot_spectra(stats, out / "spectra.png")
-            plot_eranks(stats, out / "erank.png")
-            md += "\n![spectra](spectra.png)\n\n![effective rank](erank.png)\n"
-        (out / "report.md").write_text(md)
+        report = {"command": "analyze", "target": str(args.target), "arch": loaded.arch,
+                  "scheme": args.scheme, "summary": summary,
+                  "layers": [s.to_dict() for s in stats]}
+        with atomic_dir(out, replace_if=replace_if) as tmp:
+            atomic_write_json(tmp / "report.json", report)  # NaN/Inf → null
+            md = to_markdown(stats, title, args.scheme)
+            if not args.no_plots:
+                plot_spectra(stats, tmp / "spectra.png")
+                plot_eranks(stats, tmp / "erank.png")
+                md += "\n![spectra](spectra.png)\n\n![effective rank](erank.png)\n"
+            atomic_write_text(tmp / "report.md", md)
     if args.json:
-        print(json.dumps({"summary": summary, "layers": [s.to_dict(False) for s in stats]},
-                         indent=2))
+        print(json_text({"summary": summary, "layers": [s.to_dict(False) for s in stats]}))
     else:
         console = Console(width=max(140, Console().width))
         console.print(stats_table(stats, title))

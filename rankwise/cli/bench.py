@@ -1,4 +1,5 @@
-"""`rankwise bench SUITE`: run a benchmark suite (resumable) and write its tables and plots."""
+"""`rankwise bench SUITE`: run a benchmark suite (resumable) and write its tables and plots;
+`rankwise bench report`: assemble BENCHMARKS.md from the committed results (`results/`)."""
 
 from __future__ import annotations
 
@@ -9,49 +10,91 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rankwise.errors import ConfigError
+from rankwise.io.atomic import atomic_write
+from rankwise.train.logger import dumps
 
-def _method_suite(args: argparse.Namespace) -> Path:
-    from rankwise.bench.harness import run_cells
-    from rankwise.bench.quick import SUITES, run_suite_cell, suite_cells
-    from rankwise.bench.report import plot_pareto, summarize, to_markdown
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError as e:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2") \
+            from e
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r}: name at least one seed, e.g. 0,1,2")
+    return seeds
+
+
+def suite_from_args(args: argparse.Namespace):
+    """The suite's `SuiteConfig` with the command-line overrides (validated)."""
+    from rankwise.bench.quick import SUITES
 
     cfg = SUITES[args.suite]
     overrides: dict[str, Any] = {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    if args.seeds:
-        overrides["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    if args.seeds is not None:
+        overrides["seeds"] = _seeds(args.seeds)
     if args.limit_train is not None:
         overrides["limit_train"] = args.limit_train
     if args.limit_test is not None:
         overrides["limit_test"] = args.limit_test
-    if args.methods:
-        overrides["methods"] = tuple(args.methods.split(","))
-    if args.threads:
+    if args.methods is not None:
+        overrides["methods"] = tuple(m for m in args.methods.split(",") if m.strip())
+    if args.threads is not None:
         overrides["threads"] = args.threads
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = dataclasses.replace(cfg, **overrides)  # __post_init__ validates the numbers
+    from rankwise.errors import ConfigError
+    from rankwise.train.recipes import RECIPES
+
+    unknown = [m for m in cfg.methods if m != "pretrain" and m.split(":")[0] not in RECIPES]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; known: pretrain, {sorted(RECIPES)}")
+    return cfg
+
+
+def _method_suite(args: argparse.Namespace) -> tuple[Path, list[dict[str, Any]]]:
+    from rankwise.bench.harness import failure_line, run_cells
+    from rankwise.bench.quick import run_suite_cell, save_results, suite_cells, suite_header
+    from rankwise.bench.report import plot_pareto, summarize, to_markdown
+    from rankwise.data import require_dataset
+
+    cfg = suite_from_args(args)
+    # Missing data stops the suite here, with the data layer's one message, before any cell.
+    require_dataset(cfg.dataset, args.data_dir, False if args.offline else None)
     out = Path(args.out or f"runs/bench-{cfg.name}")
     command = "rankwise " + " ".join(sys.argv[1:])  # `rankwise ...` and `python -m rankwise ...`
     results = run_cells(suite_cells(cfg), lambda c: run_suite_cell(cfg, out, c), out,
                         resume=not args.no_resume, command=command, progress=not args.quiet)
     rows = summarize(results)
-    table = to_markdown(rows)
     failed = [r for r in results if r["status"] != "done"]
-    env = results[0]["env"] if results else {}
-    header = (f"Suite `{cfg.name}` ({cfg.dataset}; {cfg.epochs} epochs; train limit "
-              f"{cfg.limit_train or 'all'}, test limit {cfg.limit_test or 'all'}; seeds "
-              f"{list(cfg.seeds)}). Machine: {env.get('machine')} ({env.get('cpu_count')} cores, "
-              f"{env.get('torch_threads')} torch threads, device {env.get('device')}); torch "
-              f"{env.get('torch')}; rankwise {env.get('rankwise')} @ {env.get('git_commit')}; "
-              f"{env.get('date')}.\n\n")
-    (out / "table.md").write_text(header + table)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    header = suite_header(cfg.name, results)
+    if failed:
+        header += (f"**Incomplete: {len(failed)} of {len(results)} cells failed** (see "
+                   f"`{out / 'cells'}`).\n\n")
+    table = to_markdown(rows)
+    atomic_write(out / "table.md", (header + table).encode())
+    atomic_write(out / "results.json", dumps(results, indent=2).encode())
     pngs = plot_pareto(rows, out / "pareto.png")
     print(header + table)
     for f in failed:
-        print(f"FAILED {f['key']}: {f['error']}", file=sys.stderr)
+        print(failure_line(f), file=sys.stderr)
+    if args.save_results is not None and not failed:
+        dest = save_results(results, Path(args.save_results or f"results/{cfg.name}"), cfg.name)
+        print(f"saved {len(results)} cell results into {dest}")
+    elif args.save_results is not None:
+        print("not saving results: the suite has failed cells", file=sys.stderr)
     print(f"wrote {out / 'table.md'}, {out / 'results.json'}, " + ", ".join(map(str, pngs)))
-    return out
+    return out, results
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rankwise.bench.benchmarks_md import write_report
+
+    path = write_report(Path(args.out or "BENCHMARKS.md"), Path(args.results))
+    print(f"wrote {path}")
+    return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -70,17 +113,24 @@ def bench_command(args: argparse.Namespace) -> int:
         print(compare_markdown(args.compare, ours))
         return 0
     if args.suite is None:
-        raise SystemExit("rankwise bench: give a SUITE (quick, cifar10, speed, elrt-formats, "
-                         "regularizers) or --compare")
+        raise ConfigError("rankwise bench: give a SUITE (quick, cifar10, speed, elrt-formats, "
+                          "regularizers, report) or --compare PAPER")
+    if args.suite == "cifar10":
+        from rankwise.bench import cifar10
+
+        return cifar10.main([args.action, "--results", args.results])
+    if args.suite == "report":
+        return _report(args)
     if args.suite == "speed":
         from rankwise.bench.speed import run_speed_suite
 
+        kinds = tuple(args.kinds.split(",")) if args.kinds else None
         path = run_speed_suite(args.out or "runs/bench-speed", quick=args.reduced,
-                               threads=args.threads, resume=not args.no_resume)
+                               threads=args.threads, resume=not args.no_resume, kinds=kinds,
+                               match=args.match)
         print(Path(path).read_text() if Path(path).is_file() else path)
         return 0
-    out = _method_suite(args)
-    results = json.loads((out / "results.json").read_text())
+    _, results = _method_suite(args)
     return 1 if any(r["status"] != "done" for r in results) else 0
 
 
@@ -91,8 +141,17 @@ def register(subparsers: Any) -> None:
         description="Resumable benchmark suites. Finished cells are reused; a killed run "
                     "resumes at the next unfinished cell.")
     p.add_argument("suite", nargs="?",
-                   choices=("quick", "cifar10", "speed", "elrt-formats", "regularizers"))
-    p.add_argument("--out", default=None, help="run directory (default runs/bench-SUITE)")
+                   choices=("quick", "cifar10", "speed", "elrt-formats", "regularizers",
+                            "report"))
+    p.add_argument("--out", default=None, help="run directory (default runs/bench-SUITE); "
+                                               "for `report`: the file (default BENCHMARKS.md)")
+    p.add_argument("--results", default="results",
+                   help="report: folder of committed result JSONs (results/<suite>/)")
+    p.add_argument("--save-results", nargs="?", const="", default=None, metavar="DIR",
+                   help="copy the finished cells' JSONs into DIR (default results/SUITE) for "
+                        "`rankwise bench report`; off by default so runs leave the repo clean")
+    p.add_argument("--data-dir", default=None, help="where the suite's dataset is")
+    p.add_argument("--offline", action="store_true", help="never download the dataset")
     p.add_argument("--compare", default=None, metavar="PAPER",
                    help="print a paper's published numbers (trp, sfw, elrt, survey) next to "
                         "ours from --out")
@@ -106,4 +165,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reduced", action="store_true",
                    help="speed: ImageNet models at 112x112, shorter timing, CP timed on layer1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--action", choices=("pending", "commands", "collect", "section"),
+                   default="section", help="cifar10: list the pending or all run commands, "
+                   "collect finished runs into RESULTS/cifar10, or print the table (default)")
+    p.add_argument("--kinds", default=None,
+                   help="speed: comma-separated parts (layer, model, decomp, alloc)")
+    p.add_argument("--match", default=None, metavar="GLOB", help="speed: only cells matching")
     p.set_defaults(func=bench_command)

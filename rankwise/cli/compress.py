@@ -3,15 +3,15 @@
 Measures the model after every stage on the test split of `--dataset` and writes into `--out`:
 `report.md`, `report.json` (stage table + each stage's own report) and the final model as a
 reloadable directory (`rankwise.compress.pipeline.load_compressed(OUT)`; see
-`save_compressed` for the files).
+`save_compressed` for the files). OUT is built beside itself and swapped in when complete, so
+an earlier output survives a failure; a non-empty OUT that is not a `rankwise compress` output is
+refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,10 +72,25 @@ def _num_classes(model: nn.Module, arch_kwargs: dict[str, Any]) -> int | None:
 
 
 def compress_command(args: argparse.Namespace) -> int:
+    from rankwise.cli import output_of
     from rankwise.cli.analyze import load_target
     from rankwise.cli.profile import parse_shape
-    from rankwise.compress.pipeline import PipelineConfig, run_pipeline, save_compressed
+    from rankwise.compress.pipeline import (
+        PipelineConfig,
+        check_finite,
+        run_pipeline,
+        save_compressed,
+    )
+    from rankwise.io.atomic import (
+        atomic_dir,
+        atomic_write_json,
+        atomic_write_text,
+        check_replaceable,
+        json_text,
+    )
     from rankwise.train import evaluate
+
+    out = check_replaceable(args.out, output_of("compress"))  # refuse before the slow part
 
     cfg = PipelineConfig(lowrank=args.lowrank, linear_format=None if args.linear_format == "none"
                          else args.linear_format, skip_first_conv=args.skip_first_conv,
@@ -83,6 +98,7 @@ def compress_command(args: argparse.Namespace) -> int:
                          prune_scope=args.prune_scope, quantize=args.quantize,
                          entropy_code=args.entropy_code, zstd_level=args.zstd_level)
     loaded = load_target(args.run, args)
+    check_finite(loaded.model, str(args.run))  # names the layer, before any data is loaded
     shape = parse_shape(args.input_shape) if args.input_shape else loaded.input_shape
     data = load_test_split(args, loaded.run_config, shape, _num_classes(loaded.model,
                                                                          loaded.arch_kwargs))
@@ -94,21 +110,21 @@ def compress_command(args: argparse.Namespace) -> int:
         return evaluate(m, data, batch_size=args.batch_size, device=device)
 
     result = run_pipeline(loaded.model, cfg, shape, evaluate=measure, inplace=True)
-    out = Path(args.out)
     # The dataset spec in the form `rankwise train` records, so `rankwise eval OUT` finds it.
     spec = (loaded.run_config or {}).get("dataset")
     if not isinstance(spec, dict) or spec.get("name") != getattr(data, "name", None):
         spec = {"name": getattr(data, "name", None), "kwargs": {}}
     meta = {"command": "compress", "source": str(loaded.path or args.run),
             "dataset": spec, "test_samples": len(data)}
-    save_compressed(result, out, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs,
-                    input_shape=shape, meta=meta)
     report = {**meta, "input_shape": list(shape), **result.to_dict()}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     title = f"Compression pipeline: {args.run} on {spec['name']} ({len(data)} test samples)"
-    (out / "report.md").write_text(stage_markdown(result, title))
+    with atomic_dir(out, replace_if=output_of("compress")) as tmp:
+        save_compressed(result, tmp, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs,
+                        input_shape=shape, meta=meta)
+        atomic_write_json(tmp / "report.json", report)  # NaN/Inf → null: valid JSON
+        atomic_write_text(tmp / "report.md", stage_markdown(result, title))
     if args.json:
-        print(json.dumps({"stages": report["stages"], "out": str(out)}, indent=2))
+        print(json_text({"stages": report["stages"], "out": str(out)}))
     else:
         from rich.console import Console
 

@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from rankwise.cli.decompose_data import (
+    accuracy_line,
+    accuracy_markdown,
+    add_finetune_arguments,
+    decompose_with_data,
+    report_from_dict,
+)
 from rankwise.cli.profile import add_model_arg, default_shape, model_kwargs, parse_shape
 from rankwise.errors import CheckpointError, ConfigError
 
@@ -55,7 +61,6 @@ def load_source(args: argparse.Namespace) -> Source:
     are never read.
     """
     from rankwise import io
-    from rankwise.models import create_model
 
     kw = model_kwargs(args)
     if args.checkpoint:
@@ -83,8 +88,8 @@ def load_source(args: argparse.Namespace) -> Source:
         raise CheckpointError(f"{ckpt}: expected a directory saved by rankwise.save or a "
                               ".safetensors state dict (pickled .pt files are not read)")
     if not args.model:
-        raise ConfigError("pass --model NAME (and optionally --checkpoint PATH)")
-    return Source(create_model(args.model, **kw), args.model, kw, None, None)
+        raise ConfigError("pass --model SPEC (and optionally --checkpoint PATH)")
+    return Source(_create(args.model, kw), args.model, kw, None, None)
 
 
 def _from_training_checkpoint(run: Path, args: argparse.Namespace,
@@ -116,11 +121,37 @@ def _from_training_checkpoint(run: Path, args: argparse.Namespace,
 
 
 def _create(name: str | None, kw: dict[str, Any]) -> nn.Module:
-    from rankwise.models import create_model
+    """A zoo name, `tv:NAME`, `timm:NAME`, `hf:NAME_OR_PATH` or `package.module:factory`."""
+    from rankwise.models import build_model
 
     if not name:
-        raise ConfigError("this checkpoint does not name its architecture; pass --model NAME")
-    return create_model(name, **kw)
+        raise ConfigError("this checkpoint does not name its architecture; pass --model SPEC")
+    return build_model(name, **kw)
+
+
+def format_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--format-option cp.n_iter_max=50` (repeatable) → `{"cp": {"n_iter_max": 50}}`."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        fmt, dot, name = key.partition(".")
+        if not (sep and dot and fmt and name):
+            raise ConfigError(f"--format-option {item!r}: expected FORMAT.KEY=VALUE, e.g. "
+                              "cp.n_iter_max=50")
+        try:
+            out.setdefault(fmt, {})[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out.setdefault(fmt, {})[name] = value
+    return out
+
+
+def rank_of(args: argparse.Namespace) -> str:
+    """`--rank`, or `budget:latency_ms=MS,precision=P` from `--target-latency MS`."""
+    if args.target_latency is None:
+        return args.rank
+    if args.target_latency <= 0:
+        raise ConfigError(f"--target-latency {args.target_latency}: pass milliseconds > 0")
+    return f"budget:latency_ms={args.target_latency:g},precision={args.latency_precision}"
 
 
 def _load_state(model: nn.Module, file: Path) -> None:
@@ -154,23 +185,31 @@ def input_shape_of(args: argparse.Namespace, source: Source) -> tuple[int, ...]:
 
 
 def decompose_command(args: argparse.Namespace) -> int:
-    """Load → [evaluate] → `decompose` → [evaluate → fine-tune → evaluate] →
-    `after_decompose` → `io.save` → print the report."""
+    """Load → [evaluate] → `decompose` → [fine-tune] → `after_decompose` → save (OUT swapped in
+    whole when complete, `OUT/finetune` carried over; a foreign OUT is refused) → report."""
     from rankwise import io
+    from rankwise.cli import output_of
+    from rankwise.io import atomic as aio
     from rankwise.surgery.decompose import decompose
 
+    out = aio.check_replaceable(args.out, replace_if := output_of("decompose", "finetune"))
+    args.rank = rank_of(args)
     source = load_source(args)
     shape = input_shape_of(args, source)
+    from rankwise.models.resolve import example_inputs
+
+    example = example_inputs(source.model, shape)
     options = dict(include=args.include or None, exclude=args.exclude or None, inplace=True,
-                   input_shape=shape, skip_first_conv=args.skip_first_conv,
+                   example_inputs=example if isinstance(example, dict) else (example,),
+                   format_options=format_options(args.format_option),
+                   skip_first_conv=args.skip_first_conv,
                    linear_format=None if args.linear_format == "none" else args.linear_format,
                    min_saving=args.min_saving)
     fmt = None if args.format == "none" else args.format
-    out = Path(args.out)
     if args.finetune < 0:
         raise ConfigError(f"--finetune {args.finetune}: pass a number of epochs >= 0")
     if args.finetune > 0 or args.dataset:
-        model, data = _decompose_with_data(args, source, shape, fmt, options, out)
+        model, data = decompose_with_data(args, source, shape, fmt, options, out)
         report = report_from_dict(data)
     else:
         model, report = decompose(source.model, format=fmt, rank=args.rank, **options)
@@ -182,104 +221,25 @@ def decompose_command(args: argparse.Namespace) -> int:
     if "accuracy" in data:
         meta.update(accuracy=data["accuracy"], dataset=data.get("dataset"),
                     finetune_epochs=args.finetune)
-    io.save(model.cpu(), out, arch=source.arch, arch_kwargs=source.arch_kwargs,
-            input_shape=shape, meta=meta)
-    (out / "decompose_report.json").write_text(json.dumps(data, indent=2, default=str))
-    (out / "decompose_report.md").write_text(report.to_markdown() + _accuracy_markdown(data))
+    with aio.atomic_dir(out, replace_if=replace_if, keep=("finetune",)) as tmp:
+        io.save(model.cpu(), tmp, arch=source.arch, arch_kwargs=source.arch_kwargs,
+                input_shape=shape, meta=meta)
+        aio.atomic_write_json(tmp / "decompose_report.json", data)  # NaN/Inf → null
+        aio.atomic_write_text(tmp / "decompose_report.md",
+                              report.to_markdown() + accuracy_markdown(data))
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(aio.json_text(data))
     else:
         report.print()
         if "accuracy" in data:
-            print(_accuracy_line(data))
+            print(accuracy_line(data))
         print(f"saved to {out}")
     return 0
 
 
-def _decompose_with_data(args: argparse.Namespace, source: Source, shape: tuple[int, ...],
-                         fmt: str | None, options: dict[str, Any], out: Path
-                         ) -> tuple[nn.Module, dict[str, Any]]:
-    """The pre-train paradigm: `decompose_and_finetune` on `--dataset` (or the run's dataset)."""
-    from rankwise.cli.train import load_split
-    from rankwise.train import TrainConfig
-    from rankwise.train.pretrain import decompose_and_finetune
-
-    spec = _dataset_spec(args, source, shape)
-    train_data = load_split(spec, True, args.data_dir, args.download, args.limit_train)
-    test_data = load_split(spec, False, args.data_dir, args.download, args.limit_test)
-    if tuple(train_data.shape) != tuple(shape):
-        raise ConfigError(f"dataset {spec['name']} gives {train_data.shape} images but the model "
-                          f"takes {tuple(shape)}; pick the dataset the model was trained on")
-    cfg = TrainConfig(epochs=max(args.finetune, 1), batch_size=args.batch_size, lr=args.lr,
-                      momentum=args.momentum, weight_decay=args.wd, schedule=args.schedule,
-                      warmup_epochs=args.warmup, seed=args.seed, device=args.device,
-                      augment=not args.no_augment, num_threads=args.num_threads,
-                      quiet=args.quiet or args.json, log_every=args.log_every)
-    meta = {"model": {"name": source.arch, "kwargs": source.arch_kwargs},
-            "input_shape": list(shape), "dataset": spec, "method": "decompose+finetune",
-            "source": source.path, "decompose": {"format": args.format, "rank": str(args.rank)}}
-    model, data = decompose_and_finetune(
-        source.model, train_data, test_data, format=fmt, rank=args.rank, epochs=args.finetune,
-        train_cfg=cfg, out_dir=out, resume=args.resume, meta=meta, **options)
-    data["dataset"] = spec
-    return model, data
-
-
-def _dataset_spec(args: argparse.Namespace, source: Source,
-                  shape: tuple[int, ...]) -> dict[str, Any]:
-    """`--dataset` (synthetic: images of the model's input shape), else the run's dataset."""
-    if args.dataset:
-        kwargs: dict[str, Any] = {}
-        if args.dataset == "synthetic":
-            classes = int(source.arch_kwargs.get("num_classes", 10))
-            kwargs = {"size": args.synthetic_size, "shape": list(shape), "num_classes": classes,
-                      "seed": 0}
-        return {"name": args.dataset, "kwargs": kwargs}
-    if source.dataset and source.dataset.get("name"):
-        return {"name": source.dataset["name"], "kwargs": dict(source.dataset.get("kwargs") or {})}
-    raise ConfigError(f"--finetune needs data: pass --dataset NAME (mnist, fashion-mnist, "
-                      f"cifar10, cifar100, synthetic); {source.path or 'the model'} does not "
-                      "record the dataset it was trained on")
-
-
-def report_from_dict(data: dict[str, Any]) -> Any:
-    """A `DecomposeReport` rebuilt from its `to_dict()` (extra keys ignored), for printing."""
-    from rankwise.surgery.decompose import DecomposeReport, LayerRow
-
-    rows = []
-    for r in data["rows"]:
-        rank = r.get("rank")
-        rows.append(LayerRow(
-            name=r["name"], type=r["type"], dense_shape=tuple(r["dense_shape"]),
-            format=r["format"], rank=tuple(rank) if isinstance(rank, list) else rank,
-            params_before=r["params_before"], params_after=r["params_after"],
-            macs_before=r["macs_before"], macs_after=r["macs_after"], note=r.get("note", "")))
-    t = data["totals"]
-    return DecomposeReport(rows, format=data.get("format"), linear_format=data.get("linear_format"),
-                           policy=data.get("policy", ""), model_params_before=t["params_before"],
-                           model_params_after=t["params_after"],
-                           model_macs_before=t["macs_before"], model_macs_after=t["macs_after"])
-
-
-def _accuracy_line(data: dict[str, Any]) -> str:
-    """`test accuracy: before 91.20% → decomposed 45.10% → fine-tuned (3 ep) 90.30%`."""
-    acc = data["accuracy"]
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    text = f"test accuracy: before {pct(acc['before'])} → decomposed {pct(acc['decomposed'])}"
-    if data.get("finetune"):
-        text += f" → fine-tuned ({data['finetune']['epochs']} ep) {pct(acc['finetuned'])}"
-    return text
-
-
-def _accuracy_markdown(data: dict[str, Any]) -> str:
-    return "" if "accuracy" not in data else "\n" + _accuracy_line(data) + "\n"
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="zoo model name, e.g. resnet20")
+    p.add_argument("--model", default=None,
+                   help="zoo name (resnet20), tv:NAME, timm:NAME, hf:NAME_OR_PATH, module:factory")
     p.add_argument("--checkpoint", default=None,
                    help="saved model dir (rankwise.save), a run dir holding one, or .safetensors")
     p.add_argument("--format", default="tucker2",
@@ -288,7 +248,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--linear-format", default="svd", help="linear format: svd|tt|none")
     p.add_argument("--rank", default="energy:0.9",
                    help="energy:0.9, ratio:0.25, fixed:8, value:0.05, erank, stable, vbmf, "
-                        "budget:params=0.3, budget:macs=0.3 (default energy:0.9)")
+                        "budget:params=0.3, budget:macs=0.3, budget:latency=0.5 (default "
+                        "energy:0.9)")
+    p.add_argument("--target-latency", type=float, default=None, metavar="MS",
+                   help="measured-latency budget in ms at batch 8, 1 thread (replaces --rank)")
+    p.add_argument("--latency-precision", choices=("fp32", "bf16"), default="fp32",
+                   help="precision the --target-latency is measured in (default fp32)")
+    p.add_argument("--format-option", action="append", default=[], metavar="FMT.KEY=VALUE",
+                   help="option of one format's from_dense, e.g. cp.n_iter_max=50; repeatable")
     p.add_argument("--include", action="append", default=[],
                    help="glob/regex on module names; repeatable (default: all conv/linear)")
     p.add_argument("--exclude", action="append", default=[], help="glob/regex; repeatable")
@@ -302,39 +269,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (model.safetensors + json)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_finetune_arguments(p)
-
-
-def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
-    """`--finetune N`, `--dataset` and the fine-tuning recipe (pre-train paradigm)."""
-    from rankwise.cli.train import add_data_arguments
-
-    g = p.add_argument_group(
-        "evaluate and fine-tune (pre-train paradigm)",
-        "with --dataset or --finetune N: test accuracy before/after decomposition and after N "
-        "epochs of fine-tuning (run dir OUT/finetune)")
-    g.add_argument("--finetune", type=int, default=0, metavar="N",
-                   help="fine-tune the factorized model N epochs (default 0: none)")
-    g.add_argument("--dataset", default=None,
-                   help="mnist, fashion-mnist, cifar10, cifar100 or synthetic (default: the "
-                        "dataset recorded by the `rankwise train` run of --checkpoint)")
-    add_data_arguments(g)
-    g.add_argument("--limit-train", type=int, default=None, help="use the first N train samples")
-    g.add_argument("--limit-test", type=int, default=None, help="use the first N test samples")
-    g.add_argument("--lr", type=float, default=0.01, help="fine-tuning lr (default 0.01)")
-    g.add_argument("--schedule", choices=("step", "cosine", "none"), default="cosine",
-                   help="lr schedule over the N epochs (default cosine)")
-    g.add_argument("--warmup", type=float, default=0.0, help="linear warm-up epochs (0)")
-    g.add_argument("--batch-size", type=int, default=128, help="(default 128)")
-    g.add_argument("--momentum", type=float, default=0.9, help="(default 0.9)")
-    g.add_argument("--wd", type=float, default=1e-4, help="weight decay (default 1e-4)")
-    g.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--log-every", type=int, default=50, help="steps between metric lines")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the fine-tuning from OUT/finetune/checkpoint.pt")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def register(subparsers: Any) -> None:

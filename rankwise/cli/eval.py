@@ -46,12 +46,12 @@ def load_run_model(root: Path, device: str = "cpu") -> tuple[nn.Module, dict[str
         raise CheckpointError(f"{root} holds neither model.json + model.safetensors nor "
                               "config.json + checkpoint.pt; pass a rankwise.save directory or a "
                               "`rankwise train --out` directory")
-    from rankwise.methods import get_method
     from rankwise.models import create_model
     from rankwise.train.checkpoint import load_checkpoint
+    from rankwise.train.recipes import get_recipe
 
     model = create_model(config["model"]["name"], **config["model"].get("kwargs", {}))
-    method = get_method(config.get("method", "dense"))
+    method = get_recipe(config.get("method", "dense"))
     method_cfg = method.config_from_dict(config.get("method_config") or {})
     model = method.prepare_model(model, method_cfg, tuple(config["input_shape"]))
     state = load_checkpoint(root / "checkpoint.pt")
@@ -79,12 +79,19 @@ def eval_command(args: argparse.Namespace) -> int:
         spec["kwargs"] = {"size": args.synthetic_size, "shape": list(shape), "num_classes": 10,
                           "seed": 0}
     data = load_split(spec, args.split == "train", args.data_dir, args.download, args.limit)
-    result = evaluate(model, data, args.batch_size, args.device)
+    try:
+        result = evaluate(model, data, args.batch_size, args.device)
+    except RuntimeError as e:  # shape mismatch between the model and the data
+        raise ConfigError(f"{root} cannot run on {spec['name']} images of shape "
+                          f"{tuple(data.shape)} ({str(e).splitlines()[0]}); pass the --dataset "
+                          "the model was trained on") from e
     out = {"path": str(root), "dataset": spec["name"], "split": args.split, "samples": result["n"],
            "loss": result["loss"], "acc": result["acc"],
            "params": sum(p.numel() for p in model.parameters())}
     if args.json:
-        print(json.dumps(out, indent=2))
+        from rankwise.io.atomic import json_text
+
+        print(json_text(out))  # a NaN loss prints as null: valid JSON
         return 0
     from rich.console import Console
     from rich.table import Table

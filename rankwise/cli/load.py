@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
@@ -14,19 +13,29 @@ from rankwise.errors import ConfigError
 
 def load_command(args: argparse.Namespace) -> int:
     from rankwise import io
-    from rankwise.analysis.profile import example_input, profile_model
+    from rankwise.analysis.macs import call_model
+    from rankwise.analysis.profile import profile_model
     from rankwise.compress.pipeline import load_compressed
+    from rankwise.models.resolve import default_input_shape, example_inputs
 
     # Plain saved models and `rankwise compress` outputs (int8 / entropy-coded) alike.
     model = load_compressed(args.path, map_location=args.map_location)
     config = io.read_config(args.path)
     shape = parse_shape(args.input_shape) if args.input_shape else io.saved_input_shape(args.path)
+    if shape is None and config.get("arch"):  # timm / hf specs: the default needs the model
+        shape = default_input_shape(config["arch"], model)
     if shape is None:
         raise ConfigError(f"{args.path} stores no input shape; pass --input-shape, e.g. 3,32,32")
-    with torch.no_grad():
-        out = model(example_input(model, shape))
+    inputs = example_inputs(model, shape)  # token ids for HF text models, else zeros
+    try:
+        with torch.no_grad():
+            out = call_model(model, inputs)
+    except RuntimeError as e:
+        raise ConfigError(f"{args.path}: the model does not run on inputs of shape {tuple(shape)} "
+                          f"({str(e).splitlines()[0]}); pass the right --input-shape C,H,W") from e
     out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    prof = profile_model(model, shape, latency=False, device=args.map_location)
+    prof = profile_model(model, shape, latency=False, device=args.map_location,
+                         example_inputs=None if isinstance(inputs, torch.Tensor) else inputs)
     summary = {
         "path": str(args.path),
         "arch": config.get("arch"),
@@ -40,7 +49,9 @@ def load_command(args: argparse.Namespace) -> int:
         "meta": config.get("meta", {}),
     }
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        from rankwise.io.atomic import json_text
+
+        print(json_text(summary))
         return 0
     prof.print()
     print(f"{args.path}: arch={summary['arch']} {summary['arch_kwargs']}, "

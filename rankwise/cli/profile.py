@@ -1,4 +1,5 @@
-"""`rankwise profile MODEL_OR_SAVED_PATH`: params / MACs table and latency of a model."""
+"""`rankwise profile MODEL_OR_SAVED_PATH`: params / MACs table and latency of a model (any
+`rankwise.models.build_model` spec or a saved folder)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from rankwise.errors import ConfigError
@@ -42,11 +44,17 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def default_shape(arch: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
-    """`default_input_shape(arch)` with the channel count replaced by `in_channels` if given."""
-    from rankwise.models import default_input_shape
+def default_shape(arch: str, kwargs: dict[str, Any],
+                  model: nn.Module | None = None) -> tuple[int, ...]:
+    """The input shape (no batch dim) model spec `arch` is built for, with the channel count
+    replaced by `in_channels` if given; `ConfigError` when the spec has no known default."""
+    from rankwise.models.resolve import default_input_shape
 
-    shape = tuple(int(s) for s in default_input_shape(arch))
+    found = default_input_shape(arch, model)
+    if found is None:
+        raise ConfigError(f"model {arch!r} has no default input shape; pass --input-shape, "
+                          "e.g. 3,224,224")
+    shape = tuple(int(s) for s in found)
     if "in_channels" in kwargs and len(shape) == 3:
         shape = (int(kwargs["in_channels"]), *shape[1:])
     return shape
@@ -54,10 +62,11 @@ def default_shape(arch: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
 
 def resolve_target(target: str, args: argparse.Namespace
                    ) -> tuple[nn.Module, nn.Module | None, tuple[int, ...]]:
-    """(model, dense baseline or None, input shape) for a saved path or a model name."""
+    """(model, dense baseline or None, input shape) for a saved path or a model spec (zoo name,
+    tv:NAME, timm:NAME, hf:NAME_OR_PATH, package.module:factory; see `build_model`)."""
     from rankwise import io
     from rankwise.compress.pipeline import load_compressed
-    from rankwise.models import create_model
+    from rankwise.models import build_model
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
     if Path(target).exists():
@@ -65,10 +74,11 @@ def resolve_target(target: str, args: argparse.Namespace
         config = io.read_config(target)
         baseline = None
         if config.get("arch") and config.get("factorized"):
-            baseline = create_model(config["arch"], **config.get("arch_kwargs", {}))
+            baseline = build_model(config["arch"], **config.get("arch_kwargs", {}))
         return model, baseline, shape or io.saved_input_shape(target) or _need_shape(target)
     kw = model_kwargs(args)
-    return create_model(target, **kw), None, shape or default_shape(target, kw)
+    model = build_model(target, **kw)
+    return model, None, shape or default_shape(target, kw, model)
 
 
 def _need_shape(target: str) -> tuple[int, ...]:
@@ -77,14 +87,20 @@ def _need_shape(target: str) -> tuple[int, ...]:
 
 def profile_command(args: argparse.Namespace) -> int:
     from rankwise.analysis.profile import profile_model
+    from rankwise.models.resolve import example_inputs
 
     model, baseline, shape = resolve_target(args.target, args)
     batch_sizes = parse_shape(args.batch_sizes)
+    inputs = example_inputs(model, shape)  # token ids for HF text models, else zeros
     prof = profile_model(model, shape, baseline=baseline, latency=not args.no_latency,
                          batch_sizes=batch_sizes, device=args.device,
-                         min_run_time=args.min_run_time)
+                         min_run_time=args.min_run_time,
+                         example_inputs=None if isinstance(inputs, torch.Tensor) else inputs,
+                         precision=args.precision)
     if args.json:
-        print(json.dumps(prof.to_dict(), indent=2))
+        from rankwise.io.atomic import json_text
+
+        print(json_text(prof.to_dict()))
     else:
         prof.print()
     return 0
@@ -93,11 +109,17 @@ def profile_command(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "profile", help="params, MACs and latency of a model",
-        description="Per-layer params/MACs table and latency of a zoo model (by name) or of a "
-                    "model saved with rankwise.save / rankwise decompose (by path).")
-    p.add_argument("target", metavar="MODEL_OR_PATH", help="model name (resnet20) or saved dir")
-    p.add_argument("--input-shape", default=None, help="C,H,W without batch (default: model's)")
+        description="Per-layer params/MACs table and latency of a model: a zoo name (resnet20), "
+                    "tv:NAME, timm:NAME, hf:NAME_OR_PATH, package.module:factory, or a folder "
+                    "saved with rankwise.save / rankwise decompose.")
+    p.add_argument("target", metavar="MODEL_OR_PATH",
+                   help="model spec (resnet20, tv:resnet50, timm:vit_tiny_patch16_224, hf:gpt2, "
+                        "pkg.mod:factory) or saved dir")
+    p.add_argument("--input-shape", default=None,
+                   help="C,H,W without batch, or T (tokens) for text models (default: model's)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing runs")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="latency in fp32 or under bf16 autocast (default fp32)")
     p.add_argument("--json", action="store_true", help="print plain JSON instead of a table")
     p.add_argument("--batch-sizes", default="1,8", help="batch sizes to time (default 1,8)")
     p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing (0.2)")
@@ -110,4 +132,4 @@ def register(subparsers: Any) -> None:
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra create_model option, JSON value (e.g. width=16); repeatable")
+                   help="extra model option, JSON value (e.g. width=16, n_layer=2); repeatable")

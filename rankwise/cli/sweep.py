@@ -5,7 +5,9 @@ retraining — SVD truncation of every conv (`--kind lowrank`) or L1 filter prun
 Each RUN is a `rankwise train --out` directory (or any `rankwise.save` directory), loaded like
 `rankwise eval` does. The test data is the dataset the first run recorded unless `--dataset`
 names another. Writes `sweep.json`, `sweep.md` and `sweep.png` into `--out` (default
-`RUN/sweep-KIND` for one run, `./sweep-KIND` for several) and prints the comparison table.
+`RUN/sweep-KIND` for one run, `./sweep-KIND` for several) and prints the comparison table. The
+output folder is built beside itself and swapped in when complete; a non-empty folder that is not
+an earlier sweep is refused.
 """
 
 from __future__ import annotations
@@ -45,12 +47,18 @@ def dataset_spec_for(meta: dict[str, Any], args: argparse.Namespace) -> dict[str
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    from rankwise.cli import output_of
     from rankwise.cli.eval import load_run_model
     from rankwise.cli.train import load_split
     from rankwise.compress.sweep import filter_sweep, lowrank_sweep, parse_ratios, write_sweep
+    from rankwise.io.atomic import atomic_dir, check_replaceable, json_text
 
     ratios = parse_ratios(args.ratios)
     paths = [Path(p) for p in args.runs]
+    out = Path(args.out) if args.out is not None else (
+        paths[0] / f"sweep-{args.kind}" if len(paths) == 1 else Path(f"sweep-{args.kind}"))
+    replace_if = output_of("sweep", "sweep.json")
+    check_replaceable(out, replace_if)  # refuse before the slow part
     results: dict[str, list[dict[str, Any]]] = {}
     meta_out: dict[str, Any] = {"kind": args.kind, "ratios": list(ratios), "runs": {}}
     data_cache: dict[str, Any] = {}
@@ -75,14 +83,14 @@ def sweep_command(args: argparse.Namespace) -> int:
         results[label] = rows
         meta_out["runs"][label] = {"path": str(path), "dataset": spec["name"],
                                    "method": meta.get("method"), "samples": len(data)}
-    out = Path(args.out) if args.out is not None else (
-        paths[0] / f"sweep-{args.kind}" if len(paths) == 1 else Path(f"sweep-{args.kind}"))
-    files = write_sweep(out, results, args.kind, meta=meta_out)
+    with atomic_dir(out, replace_if=replace_if) as tmp:
+        files = {k: out / p.name for k, p in write_sweep(tmp, results, args.kind,
+                                                         meta=meta_out).items()}
     if args.json:
-        print(json.dumps({"out": str(out), "files": {k: str(v) for k, v in files.items()},
+        print(json_text({"out": str(out), "files": {k: str(v) for k, v in files.items()},
                           "runs": {k: [{c: r[c] for c in ("ratio", "acc", "stability",
                                                             "compression", "speedup")}
-                                       for r in v] for k, v in results.items()}}, indent=2))
+                                       for r in v] for k, v in results.items()}}))
         return 0
     _print_table(results, args.kind, out)
     return 0

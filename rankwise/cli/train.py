@@ -1,138 +1,73 @@
-"""`rankwise train`: train a zoo model on a dataset, densely or with a `--method`, into `--out`.
+"""`rankwise train`: flags → `RunConfig` → `rankwise.run` (the function the benchmarks call).
 
-Writes `config.json` (train config, model name + kwargs, dataset, method + its config),
-`checkpoint.pt` (every epoch), `metrics.jsonl`, `model.safetensors` + `model.json`
-(`rankwise.load(out)` rebuilds the model) and `summary.json`; prints a summary table.
-Under `torchrun --nproc_per_node=N -m rankwise train ...` it trains with DDP.
+The flags come from the option declarations (`ModelConfig`, `DataConfig`, `TrainConfig` in
+`rankwise.train.config`, unprefixed) and from each method (`--<method>-...`, plus a few
+unprefixed aliases such as `--nuclear-weight`). A flag of a method other than `--method` is
+refused. `--out` must be new or empty unless `--resume` (continue) or `--overwrite` (replace
+once the new run has finished). Under `torchrun --nproc_per_node=N -m rankwise train ...` it
+trains with DDP.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rankwise import options
 from rankwise.errors import ConfigError
+from rankwise.train.runspec import dataset_spec, load_split, model_kwargs_for
+
+# `rankwise train` defaults that differ from `TrainConfig()`: the ResNet CIFAR recipe length.
+CLI_TRAIN_DEFAULTS = {"epochs": 164, "milestones": [82, 122]}
 
 
-def parse_milestones(text: str) -> list[int]:
-    """`"82,122"` → `[82, 122]` (epochs); empty string → `[]`."""
-    try:
-        return [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--milestones {text!r}: expected comma-separated epochs like 82,122") \
-            from e
+def _cli_base():
+    from rankwise.train.config import TrainConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TrainConfig(**CLI_TRAIN_DEFAULTS, device=device)
 
 
-def dataset_spec(args: argparse.Namespace, model: str | None = None) -> dict[str, Any]:
-    """How to rebuild the data of this run: `{"name", "kwargs", "limit_train", "limit_test"}`.
+def run_config_from_args(args: argparse.Namespace):
+    """The `RunConfig` the parsed flags describe (refusing another method's flags)."""
+    from rankwise.train.config import DataConfig, ModelConfig, TrainConfig
+    from rankwise.train.recipes import RECIPES, get_recipe
+    from rankwise.train.run import RunConfig
 
-    `synthetic` uses the model's default input shape so that e.g. lenet5 gets 1x28x28 images.
-    """
-    kwargs: dict[str, Any] = {}
-    if args.dataset == "synthetic":
-        shape = [3, 32, 32]
-        if model is not None:
-            from rankwise.models import default_input_shape
-
-            shape = list(default_input_shape(model))
-        kwargs = {"size": args.synthetic_size, "shape": shape, "num_classes": 10, "seed": 0}
-    return {"name": args.dataset, "kwargs": kwargs, "limit_train": args.limit_train,
-            "limit_test": args.limit_test}
-
-
-def load_split(spec: dict[str, Any], train: bool, data_dir: str | None = None,
-               download: bool = False, limit: int | None = None):
-    """One split of the dataset described by `spec` (see `dataset_spec`), cut to `limit`."""
-    from rankwise.data import load_dataset
-
-    kwargs = dict(spec.get("kwargs") or {})
-    if "shape" in kwargs:
-        kwargs["shape"] = tuple(kwargs["shape"])
-    data = load_dataset(spec["name"], train, data_dir=data_dir, download=download, **kwargs)
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"--limit-train/--limit-test must be >= 1, got {limit}")
-        data = data.subset(slice(0, limit))
-    return data
-
-
-def model_kwargs_for(name: str, data, width: int | None) -> dict[str, Any]:
-    """`create_model` kwargs matching `data`: classes, channels, `image_size` (if the model
-    takes one and the images are not its default size) and `width`."""
-    from rankwise.models import MODELS, default_input_shape
-
-    c, h, w = data.shape
-    kwargs: dict[str, Any] = {"num_classes": int(data.num_classes), "in_channels": int(c)}
-    key = name.lower().replace("-", "").replace("_", "")
-    accepted = set(inspect.signature(MODELS[key][0]).parameters) if key in MODELS else set()
-    if (h, w) != tuple(default_input_shape(name)[1:]) and "image_size" in accepted:
-        if h != w:
-            raise ConfigError(f"model {name!r} takes square images; dataset gives {h}x{w}")
-        kwargs["image_size"] = int(h)
-    if width is not None:
-        kwargs["width"] = int(width)
-    return kwargs
-
-
-def train_config_from_args(args: argparse.Namespace):
-    from rankwise.train import TrainConfig
-
-    return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        nesterov=args.nesterov, weight_decay=args.wd, wd_on_bn_bias=not args.no_wd_on_bn_bias,
-        schedule=args.schedule, milestones=parse_milestones(args.milestones), gamma=args.gamma,
-        warmup_epochs=args.warmup, label_smoothing=args.label_smoothing, seed=args.seed,
-        device=args.device, precision=args.precision, channels_last=args.channels_last,
-        compile=args.compile, augment=not args.no_augment, log_every=args.log_every,
-        eval_every=args.eval_every, num_threads=args.num_threads, quiet=args.quiet,
-        tensorboard=args.tensorboard)
+    recipe = get_recipe(args.method)
+    mine = set(recipe.given_flags(args))
+    wrong = {name: [f for f in r.given_flags(args) if f not in mine]
+             for name, r in RECIPES.items() if name != recipe.name}
+    wrong = {name: flags for name, flags in wrong.items() if flags}
+    if wrong:
+        shown = "; ".join(f"{', '.join(f)} (of --method {m})" for m, f in wrong.items())
+        raise ConfigError(f"flags of another method: {shown}; they do nothing with --method "
+                          f"{recipe.name}. Drop them or pass the --method they belong to")
+    train = options.from_args(TrainConfig, args, base=_cli_base())
+    data = options.from_args(DataConfig, args)
+    model = options.from_args(ModelConfig, args)
+    return RunConfig(model=model, data=data, train=train, method=recipe.name,
+                     method_config=recipe.config_from_args(args), out=args.out,
+                     resume=args.resume, overwrite=args.overwrite)
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from rankwise.methods import get_method
-    from rankwise.models import create_model
-    from rankwise.train import Trainer
+    from rankwise.train.run import run
 
-    method = get_method(args.method)
-    method_cfg = method.config_from_args(args)
-    cfg = train_config_from_args(args)
-    spec = dataset_spec(args, args.model)
-    train_data = load_split(spec, True, args.data_dir, args.download, args.limit_train)
-    test_data = load_split(spec, False, args.data_dir, args.download, args.limit_test)
-    kwargs = model_kwargs_for(args.model, train_data, args.width)
-    torch.manual_seed(args.seed)
-    if getattr(method, "builds_on_meta", False):
-        # Methods that replace layers before training (ELRT) never need the dense weights:
-        # build the base on the meta device so they are never allocated.
-        with torch.device("meta"):
-            model = create_model(args.model, **kwargs)
-    else:
-        model = create_model(args.model, **kwargs)
-    model = method.prepare_model(model, method_cfg, train_data.shape)
-    meta = {"model": {"name": args.model, "kwargs": kwargs}, "input_shape": list(train_data.shape),
-            "dataset": spec, "method": method.name,
-            "method_config": method.config_to_dict(method_cfg)}
-    trainer = Trainer(model, cfg, train_data, test_data, args.out, hooks=method.hooks(method_cfg),
-                      optimizer=method.make_optimizer(model, cfg, method_cfg), meta=meta)
-    metrics = trainer.fit(resume=args.resume)
-    report = method.finalize(trainer, method_cfg)
-    if not trainer.is_main:
-        return 0
-    summary = {"out": str(args.out), "model": args.model, "dataset": args.dataset,
-               "method": method.name, "params": sum(p.numel() for p in trainer.model.parameters()),
-               **metrics, "method_report": report}
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print_summary(summary, quiet=args.quiet)
+    config = run_config_from_args(args)
+    summary = run(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(summary, quiet=config.train.quiet)
     return 0
 
 
 def print_summary(summary: dict[str, Any], quiet: bool = False) -> None:
-    """A rich table of the final metrics (one line of JSON-ish text when `quiet`)."""
+    """A rich table of the final metrics (one line of JSON when `quiet`)."""
     keys = ("model", "dataset", "method", "epoch", "step", "params", "train_loss", "train_acc",
             "test_loss", "test_acc", "out")
     if quiet:
@@ -155,59 +90,40 @@ def print_summary(summary: dict[str, Any], quiet: bool = False) -> None:
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """`--data-dir`, `--download`, `--synthetic-size` for commands that read a run's data."""
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--download", action="store_true", help="download a missing dataset")
+    p.add_argument("--download", action="store_const", const=True, default=None,
+                   help="download a missing dataset, also into --data-dir (default: a missing "
+                        "dataset is fetched into the cache unless --offline / RANKWISE_OFFLINE=1)")
+    p.add_argument("--offline", dest="download", action="store_const", const=False,
+                   help="never download")
     p.add_argument("--synthetic-size", type=int, default=512,
                    help="samples per split of --dataset synthetic (default 512)")
 
 
 def register(subparsers: Any) -> None:
-    from rankwise.methods import METHODS
+    from rankwise.train.config import DataConfig, ModelConfig, TrainConfig
+    from rankwise.train.recipes import RECIPES
 
     p = subparsers.add_parser(
         "train", help="train a model (dense or with a low-rank --method)",
         description="Train a zoo model; checkpoints every epoch (resume with --resume), "
-                    "saves model.safetensors + model.json into --out. Use torchrun for DDP.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="zoo name, e.g. resnet20 (rankwise.models)")
-    p.add_argument("--dataset", required=True,
-                   help="mnist, fashion-mnist, cifar10, cifar100 or synthetic")
+                    "saves model.safetensors + model.json into --out. Use torchrun for DDP. "
+                    "Defaults are TrainConfig's, except --epochs 164 --milestones 82,122.")
+    options.add_arguments(p.add_argument_group("model"), ModelConfig)
+    options.add_arguments(p.add_argument_group("data"), DataConfig)
+    for flag in ("--model", "--dataset"):
+        p._option_string_actions[flag].required = True
     p.add_argument("--out", required=True, type=Path, help="run directory")
-    p.add_argument("--method", default="dense", choices=sorted(METHODS))
-    p.add_argument("--width", type=int, default=None, help="width multiplier/base width")
-    add_data_arguments(p)
-    p.add_argument("--limit-train", type=int, default=None, help="use the first N train samples")
-    p.add_argument("--limit-test", type=int, default=None, help="use the first N test samples")
+    p.add_argument("--method", default="dense", choices=sorted(RECIPES))
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    o = p.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int, default=164)
-    o.add_argument("--batch-size", type=int, default=128, help="global batch (all DDP ranks)")
-    o.add_argument("--lr", type=float, default=0.1)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--nesterov", action="store_true")
-    o.add_argument("--wd", type=float, default=1e-4, help="weight decay")
-    o.add_argument("--no-wd-on-bn-bias", action="store_true",
-                   help="no weight decay on BatchNorm parameters and biases")
-    o.add_argument("--schedule", choices=("step", "cosine", "none"), default="step")
-    o.add_argument("--milestones", default="82,122", help="epochs where step decays lr")
-    o.add_argument("--gamma", type=float, default=0.1, help="step decay factor")
-    o.add_argument("--warmup", type=float, default=0.0, help="linear warm-up epochs")
-    o.add_argument("--label-smoothing", type=float, default=0.0)
-    o.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: bfloat16 autocast on CPU (AVX-512-bf16/AMX) or CUDA")
-    r.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory format (faster on CPU and CUDA)")
-    r.add_argument("--compile", action="store_true", help="torch.compile the model")
-    r.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
-    r.add_argument("--log-every", type=int, default=50, help="steps between metric lines")
-    r.add_argument("--eval-every", type=int, default=1, help="epochs between test evaluations")
-    r.add_argument("--tensorboard", action="store_true", help="also log to OUT/tb")
-    r.add_argument("--quiet", action="store_true", help="no progress bar; one-line summary")
-    for method in METHODS.values():
-        group = p.add_argument_group(f"--method {method.name}", method.help or None)
-        method.add_arguments(group)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (only once the new run has finished)")
+    options.add_arguments(p.add_argument_group("training"), TrainConfig)
+    for recipe in RECIPES.values():  # --<method>-... flags (+ free aliases), SUPPRESS defaults
+        recipe.add_arguments(p.add_argument_group(f"--method {recipe.name}", recipe.help or None))
     p.set_defaults(func=train_command)
+
+
+__all__ = ["add_data_arguments", "dataset_spec", "load_split", "model_kwargs_for",
+           "print_summary", "register", "run_config_from_args", "train_command"]

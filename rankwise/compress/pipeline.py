@@ -12,26 +12,31 @@ What runs quantized: storage only (see `compress.quantize`): from the quantizati
 evaluated model is the float model holding `q · scale` weights. Entropy coding is lossless, so the
 coding stage's model is bit-identical to the quantization stage's (checked on decode).
 
-`save_compressed(result, out, ...)` writes a reloadable directory: `model.json` (`rankwise.io`'s
-architecture spec; `meta.compressed.artifact` names the weights file) plus one of
-`model.rwq` (entropy-coded blob, `compress.entropy` format), `model.int8.safetensors` (int8
-state, uncoded) or `model.safetensors` (float, a plain `rankwise.io` directory).
-`load_compressed(dir)` rebuilds the exact final model from it.
+The input model must hold finite weights: a NaN/Inf tensor is refused up front, naming it.
+`save_compressed` / `load_compressed` (the reloadable output directory) live in
+`compress.artifact` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rankwise.compress.artifact import (  # noqa: F401 - re-exported
+    BLOB_FILE,
+    FP32_FILE,
+    INT8_FILE,
+    build_architecture,
+    compressed_artifact,
+    is_compressed_dir,
+    load_compressed,
+    save_compressed,
+)
 from rankwise.compress.entropy import CODECS, decode_state, encode_state, read_header
 from rankwise.compress.filter_prune import filter_prune
 from rankwise.compress.prune import magnitude_prune, stage_stats
@@ -40,9 +45,6 @@ from rankwise.errors import CheckpointError, ConfigError
 
 STAGES = ("baseline", "lowrank", "prune", "quantize", "entropy")
 PRUNE_KINDS = ("magnitude", "filters")
-BLOB_FILE = "model.rwq"
-INT8_FILE = "model.int8.safetensors"
-FP32_FILE = "model.safetensors"
 EvaluateFn = Callable[[nn.Module], dict[str, float]]
 
 
@@ -227,6 +229,7 @@ def run_pipeline(model: nn.Module, cfg: PipelineConfig, input_shape: Sequence[in
     Returns a `PipelineResult`; `result.model` is the final float model (eval mode).
     """
     shape = tuple(int(s) for s in input_shape)
+    check_finite(model)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -279,155 +282,26 @@ def run_pipeline(model: nn.Module, cfg: PipelineConfig, input_shape: Sequence[in
     return result
 
 
+def check_finite(model: nn.Module, what: str = "the input model") -> None:
+    """`ConfigError` naming the first parameter/buffer of `model` holding NaN or ±Inf."""
+    for k, t in model.state_dict().items():
+        if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            layer = k.rpartition(".")[0] or k
+            raise ConfigError(f"{what}: tensor {k!r} (layer {layer}) holds {bad} NaN/Inf "
+                              f"value(s) of {t.numel()}; compression needs finite weights: "
+                              "load a checkpoint from before training diverged, or retrain")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s raw bytes (so NaN payloads compare equal to themselves)."""
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8) if t.numel() else t.reshape(-1)
+
+
 def _check_identical(a: nn.Module, b: nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     for k, t in sa.items():
-        if not torch.equal(t.cpu(), sb[k].cpu()):
+        if t.dtype != sb[k].dtype or not torch.equal(_bits(t), _bits(sb[k])):
             raise CheckpointError(f"entropy-coded tensor {k!r} did not decode bit-exactly; "
                                   "this is a bug in rankwise.compress.entropy")
-
-
-# --------------------------------------------------------------------------------------------
-# Reloadable output directory.
-# --------------------------------------------------------------------------------------------
-
-
-def _save_int8(state: QuantizedState, file: Path) -> None:
-    from safetensors.torch import save
-
-    tensors = {f"{g}/{k}": t.detach().cpu().contiguous()
-               for g in ("qweight", "scale", "other") for k, t in getattr(state, g).items()}
-    meta = {"format": "rankwise-int8-state", "weight_dtype": json.dumps(state.weight_dtype)}
-    file.write_bytes(save(tensors, metadata=meta))
-
-
-def _load_int8(file: Path) -> QuantizedState:
-    from safetensors import safe_open
-
-    state = QuantizedState()
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "rankwise-int8-state":
-                raise ValueError("not a rankwise int8 state")
-            state.weight_dtype = dict(json.loads(meta.get("weight_dtype", "{}")))
-            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                group, _, name = key.partition("/")
-                if group not in ("qweight", "scale", "other"):
-                    raise ValueError(f"unknown group in key {key!r}")
-                getattr(state, group)[name] = f.get_tensor(key)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file}: cannot read the int8 state ({e}); the file is corrupt "
-                              "or truncated: run rankwise compress again") from e
-    return state
-
-
-def save_compressed(result: PipelineResult, path: str | os.PathLike[str], arch: str | None = None,
-                    arch_kwargs: dict[str, Any] | None = None,
-                    input_shape: Sequence[int] | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Write the final stage as a directory `load_compressed` (and, for float results,
-    `rankwise.io.load`) can rebuild; returns the directory. Also writes nothing else (reports
-    are the caller's)."""
-    from rankwise import io
-
-    out = Path(path)
-    artifact = BLOB_FILE if result.blob is not None else (
-        INT8_FILE if result.state is not None else FP32_FILE)
-    info = {"artifact": artifact, "stages": [r.stage for r in result.rows],
-            "config": result.to_dict()["config"]}
-    io.save(result.model, out, arch=arch, arch_kwargs=arch_kwargs, input_shape=input_shape,
-            meta={**(meta or {}), "compressed": info})
-    for stale in (BLOB_FILE, INT8_FILE):
-        (out / stale).unlink(missing_ok=True)
-    if artifact == FP32_FILE:
-        return out
-    if result.blob is not None:
-        (out / BLOB_FILE).write_bytes(result.blob)
-    else:
-        assert result.state is not None
-        _save_int8(result.state, out / INT8_FILE)
-    (out / FP32_FILE).unlink()
-    config = json.loads((out / io.CONFIG).read_text())
-    config["safetensors_sha256"] = None  # the float weights are not stored
-    (out / io.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    return out
-
-
-def compressed_artifact(path: str | os.PathLike[str]) -> str | None:
-    """The weights file named by `path/model.json` (`meta.compressed.artifact`) when it is an
-    int8/entropy-coded artifact, else None (a plain `rankwise.io` directory or no model.json)."""
-    file = Path(path) / "model.json"
-    if not file.is_file():
-        return None
-    try:
-        config = json.loads(file.read_text())
-        artifact = config.get("meta", {}).get("compressed", {}).get("artifact")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
-    return artifact if artifact in (BLOB_FILE, INT8_FILE) else None
-
-
-def is_compressed_dir(path: str | os.PathLike[str]) -> bool:
-    """True if `path` holds an int8 or entropy-coded model written by `save_compressed`."""
-    return compressed_artifact(path) is not None
-
-
-def build_architecture(config: dict[str, Any], root: Path,
-                       model: nn.Module | None = None) -> nn.Module:
-    """The architecture described by a `model.json` (`create_model(arch, **arch_kwargs)` or
-    `model`, with each listed factorized layer swapped in), freshly initialised."""
-    from rankwise.errors import RankwiseError
-    from rankwise.layers import layer_from_spec
-
-    if model is None:
-        if not config.get("arch"):
-            raise CheckpointError(f"{root / 'model.json'} has no 'arch'; pass the dense base: "
-                                  "load_compressed(path, model=...)")
-        from rankwise.models import create_model
-
-        try:
-            model = create_model(config["arch"], **config.get("arch_kwargs", {}))
-        except (RankwiseError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{root / 'model.json'}: cannot build arch "
-                                  f"{config['arch']!r} ({e})") from e
-    for name, spec in config.get("factorized", {}).items():
-        try:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            getattr(parent, child)
-        except AttributeError as e:
-            raise CheckpointError(f"{root / 'model.json'} lists factorized layer {name!r}, "
-                                  "which the base model lacks: the architecture does not match "
-                                  "(check arch/arch_kwargs or model=)") from e
-        setattr(parent, child, layer_from_spec(spec))
-    return model
-
-
-def load_compressed(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
-                    model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the final model of a `save_compressed` directory, in eval mode.
-
-    Entropy-coded blob → `decode_state` → dequantize into the architecture rebuilt from
-    `model.json`; an int8 safetensors state likewise; a float directory via `rankwise.io.load`.
-    The result equals the pipeline's `result.model` bit for bit. `model`: the dense base for
-    architectures outside `rankwise.models` (modified in place).
-    """
-    from rankwise import io
-
-    root = Path(path)
-    artifact = compressed_artifact(root)
-    if artifact is None:
-        return io.load(root, map_location=map_location, model=model)
-    config = io.read_config(root)
-    file = root / artifact
-    if not file.is_file():
-        raise CheckpointError(f"{file} not found; the compressed model is incomplete: run "
-                              "rankwise compress again")
-    state = decode_state(file.read_bytes()) if artifact == BLOB_FILE else _load_int8(file)
-    base = build_architecture(config, root, model)
-    try:
-        loaded = dequantize(state, base)
-    except CheckpointError as e:
-        raise CheckpointError(f"{file}: {e}") from e
-    return loaded.to(map_location).eval()

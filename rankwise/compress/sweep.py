@@ -25,7 +25,6 @@ given (it receives each compressed model, so callers can also inspect it).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -367,7 +366,10 @@ def sweep_markdown(results_by_run: Mapping[str, Sequence[Row]], kind: str = "low
 def write_sweep(out_dir: str | os.PathLike[str], results_by_run: Mapping[str, Sequence[Row]],
                 kind: str = "lowrank", meta: Mapping[str, Any] | None = None,
                 title: str | None = None) -> dict[str, Path]:
-    """Write `sweep.json` (`{"kind", "meta", "runs": {label: rows}}`), `sweep.md`, `sweep.png`."""
+    """Write `sweep.json` (`{"kind", "meta", "runs": {label: rows}}`, strict JSON), `sweep.md`,
+    `sweep.png`; the first two atomically."""
+    from rankwise.io.atomic import atomic_write_json, atomic_write_text
+
     if kind not in KINDS:
         raise ConfigError(f"sweep kind {kind!r} unknown; use one of {KINDS}")
     out = Path(out_dir)
@@ -375,8 +377,8 @@ def write_sweep(out_dir: str | os.PathLike[str], results_by_run: Mapping[str, Se
     paths = {"json": out / "sweep.json", "md": out / "sweep.md", "png": out / "sweep.png"}
     doc = {"kind": kind, "meta": dict(meta or {}), "runs": {k: list(v) for k, v in
                                                             results_by_run.items()}}
-    paths["json"].write_text(json.dumps(doc, indent=2, default=str))
-    paths["md"].write_text(sweep_markdown(results_by_run, kind, title))
+    atomic_write_json(paths["json"], doc)  # NaN accuracies are written as null
+    atomic_write_text(paths["md"], sweep_markdown(results_by_run, kind, title))
     plot_sweep(results_by_run, paths["png"], title=title or f"{kind} sweep, no retraining")
     return paths
 

@@ -10,18 +10,12 @@ import numpy as np
 import torch
 
 from rankwise.data import cache as _cache
-from rankwise.data import download as _download
 from rankwise.data.cifar import read_batch
 from rankwise.data.dataset import NUM_CLASSES, STATS, ImageDataset
+from rankwise.data.ensure import ensure_split
 from rankwise.data.idx import load_idx_split
-from rankwise.data.sources import (
-    DatasetSpec,
-    check_md5,
-    default_root,
-    find_split_files,
-    get_spec,
-    not_found_error,
-)
+from rankwise.data.search import cache_root
+from rankwise.data.sources import DatasetSpec, canonical_name, check_md5, get_spec
 from rankwise.data.synthetic import make_synthetic
 from rankwise.errors import ConfigError
 
@@ -30,7 +24,7 @@ VERIFY_MODES = ("md5", "structure")
 
 
 def load_dataset(name: str, train: bool, data_dir: str | os.PathLike | None = None,
-                 download: bool = False, *, verify: str = "md5",
+                 download: bool | None = None, *, verify: str = "md5",
                  cache_dir: str | os.PathLike | None = None, cache: bool = True,
                  **kw: Any) -> ImageDataset:
     """One split of `name` as an `ImageDataset` (images uint8 (N, C, H, W), labels int64 (N,)).
@@ -38,18 +32,20 @@ def load_dataset(name: str, train: bool, data_dir: str | os.PathLike | None = No
     `name`: mnist, fashion-mnist (IDX files, `.gz` or plain), cifar10, cifar100 (python pickled
     batches, read with a restricted unpickler) or synthetic (kw: `size`, `shape=(C, H, W)`,
     `num_classes`, `seed`; see `make_synthetic`).
-    Real data is searched in `data_dir`, `$RANKWISE_DATA`, `/usr/share/datasets/<name>`,
-    `../shared/data`, `/work/shared/data`, `~/.cache/rankwise` (see `rankwise.data.sources`);
-    with `download=True` a missing dataset is fetched into `data_dir` (else ~/.cache/rankwise).
+    Real data is searched in `$RANKWISE_DATA`, `/usr/share/datasets/<name>`, `../shared/data`,
+    `~/.cache/rankwise` (see `rankwise.data.search`), or only in `data_dir` when it is given.
+    `download`: None (auto) fetches a dataset missing from the default places into the first
+    writable of `$RANKWISE_DATA`, `~/.cache/rankwise` (official URL, then a mirror; md5-checked);
+    True also fills an explicit `data_dir`; False never downloads; `$RANKWISE_OFFLINE=1` forbids
+    downloads whatever `download` says (see `rankwise.data.ensure`).
     `verify`: "md5" (default; checks files against the official md5s and known repackagings,
     about 0.4 s for CIFAR-10, done once because the decoded split is cached) or "structure"
     (format checks only; these always run). The decoded arrays are cached as `.npy` under
     `cache_dir` (default `~/.cache/rankwise/decoded`); `cache=False` disables it.
-    Raises DatasetNotFoundError (listing every searched directory) or DatasetIntegrityError.
+    Raises DatasetNotFoundError (the reason and fix, every directory looked at and every URL
+    tried) or DatasetIntegrityError.
     """
-    name = name.lower().replace("_", "-")
-    name = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
-            "cifar-100": "cifar100"}.get(name, name)
+    name = canonical_name(name)
     if name == "synthetic":
         return make_synthetic(train=train, **kw)
     spec = get_spec(name)
@@ -58,15 +54,10 @@ def load_dataset(name: str, train: bool, data_dir: str | os.PathLike | None = No
                           f"'synthetic' takes extra keyword arguments")
     if verify not in VERIFY_MODES:
         raise ConfigError(f"load_dataset: verify={verify!r}, expected one of {VERIFY_MODES}")
-    files, looked = find_split_files(spec, train, data_dir)
-    if files is None and download:
-        _download.download(spec, default_root(data_dir), train)
-        files, looked = find_split_files(spec, train, data_dir)
-    if files is None:
-        raise not_found_error(spec, train, looked, data_dir)
+    files = ensure_split(spec, train, data_dir, download)
 
     cache_path = (Path(cache_dir).expanduser() if cache_dir is not None
-                  else default_root() / "decoded")
+                  else cache_root() / "decoded")
     key = _cache.cache_key(name, train, files, verify)
     arrays = _cache.load_cached(cache_path, name, train, key) if cache else None
     if arrays is None:

@@ -1,24 +1,18 @@
-"""Where each dataset's files live: file names, reference md5s, official URLs, search locations.
+"""What each dataset looks like on disk and where it is published: file names, md5s, URLs.
 
-Search order (first directory holding every file of the split wins), each location tried as is
-and with the dataset's usual subfolders (`cifar-10-batches-py`, `FashionMNIST/raw`, ...):
-`data_dir` argument, `$RANKWISE_DATA`, `/usr/share/datasets/<name>` (Debian's
-`dataset-fashion-mnist` puts the four `.gz` files directly in `/usr/share/datasets/fashion-mnist/`),
-`../shared/data` relative to the working directory, `/work/shared/data`, `~/.cache/rankwise`.
+Where the files are searched for is `rankwise.data.search`; fetching them is
+`rankwise.data.download`. Every archive lists its official URL first and one mirror after it
+(MNIST: the PyTorch S3 mirror first, because LeCun's site often refuses scripted downloads);
+every download is checked against the official md5 whichever URL served it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankwise.errors import DatasetIntegrityError, DatasetNotFoundError
-
-CACHE_ROOT = Path("~/.cache/rankwise")
-DEBIAN_ROOT = Path("/usr/share/datasets")  # + /<name>
-SHARED_ROOT = Path("/work/shared/data")
 
 _IDX_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -66,7 +60,10 @@ _MNIST_MD5 = {  # the official gzipped files (LeCun's site and its S3 mirror)
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
+                    "data/fashion/")
+_CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/", "https://dataset.bj.bcebos.com/cifar/")
 _FASHION_MD5 = {  # official gz (zalandoresearch/fashion-mnist README)
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
@@ -86,7 +83,7 @@ _FASHION_DEBIAN_MD5 = {
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
 
-_CIFAR10_MD5 = {  # (official file, /work/shared/data/cifar10 copy with placeholder filenames)
+_CIFAR10_MD5 = {  # (official file, a known repackaging with placeholder filenames)
     "data_batch_1": ("c99cafc152244af753f735de768cd75f", "adee4bbda7f9b1c79cb540948b5ecc85"),
     "data_batch_2": ("d4bba439e000b95fd0a9bffe97cbabec", "f9af370fe299066f01af1cce0fd1c7bb"),
     "data_batch_3": ("54ebc095f3ab1f0389bbae665268c751", "1d4eaf7f60635554c4df3090c866f45d"),
@@ -116,7 +113,8 @@ SPECS: dict[str, DatasetSpec] = {
         ("fashion-mnist", "FashionMNIST/raw", "fashion-mnist/raw", "FashionMNIST",
          "fashion_mnist", "data/fashion"),
         md5=_merge(_FASHION_MD5, _FASHION_DEBIAN_MD5),
-        archives=tuple(Archive(f, m, (_FASHION_URL + f,), subdir="fashion-mnist")
+        archives=tuple(Archive(f, m, tuple(u + f for u in _FASHION_MIRRORS),
+                               subdir="fashion-mnist")
                        for f, m in _FASHION_MD5.items())),
     "cifar10": DatasetSpec(
         "cifar10", "cifar",
@@ -124,7 +122,7 @@ SPECS: dict[str, DatasetSpec] = {
         ("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"),
         md5=dict(_CIFAR10_MD5),
         archives=(Archive("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-                          ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                          tuple(u + "cifar-10-python.tar.gz" for u in _CIFAR_MIRRORS),
                           extract_to="cifar-10-batches-py"),)),
     "cifar100": DatasetSpec(
         "cifar100", "cifar", {True: ("train",), False: ("test",)},
@@ -133,9 +131,18 @@ SPECS: dict[str, DatasetSpec] = {
              "test": ("f0ef6b0ae62326f3e7ffdfab6717acfc",),
              "meta": ("7973b15100ade9c7d40fb424638fde48",)},
         archives=(Archive("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                          ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+                          tuple(u + "cifar-100-python.tar.gz" for u in _CIFAR_MIRRORS),
                           extract_to="cifar-100-python"),)),
 }
+
+
+ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+def canonical_name(name: str) -> str:
+    """`name` lower-cased with `_` -> `-` and the usual aliases (FashionMNIST, CIFAR-10) mapped."""
+    name = name.lower().replace("_", "-")
+    return ALIASES.get(name, name)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -146,81 +153,9 @@ def get_spec(name: str) -> DatasetSpec:
     return SPECS[name]
 
 
-def default_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """Where downloads go: `data_dir` if given, else `~/.cache/rankwise`."""
-    return Path(data_dir).expanduser() if data_dir is not None else CACHE_ROOT.expanduser()
-
-
-def search_roots(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The search locations, in order (before subfolders are appended)."""
-    roots: list[Path] = []
-    if data_dir is not None:
-        roots.append(Path(data_dir).expanduser())
-    env = os.environ.get("RANKWISE_DATA")
-    if env:
-        roots.extend(Path(p).expanduser() for p in env.split(os.pathsep) if p)
-    roots.append(DEBIAN_ROOT / name)
-    roots.append(Path.cwd().parent / "shared" / "data")
-    roots.append(SHARED_ROOT)
-    roots.append(CACHE_ROOT.expanduser())
-    unique: list[Path] = []
-    for root in roots:
-        if root not in unique:
-            unique.append(root)
-    return unique
-
-
-def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Every directory that may hold the files: each search root, then root/<subfolder>."""
-    out: list[Path] = []
-    for root in search_roots(spec.name, data_dir):
-        for d in (root, *(root / s for s in spec.subdirs)):
-            if d not in out:
-                out.append(d)
-    return out
-
-
-def resolve_file(directory: Path, filename: str, kind: str) -> Path | None:
-    """`directory/filename`, or for IDX files `filename.gz` (preferred when both exist)."""
-    if kind == "idx":
-        gz = directory / (filename + ".gz")
-        if gz.is_file():
-            return gz
-    path = directory / filename
-    return path if path.is_file() else None
-
-
-def find_split_files(spec: DatasetSpec, train: bool,
-                     data_dir: str | os.PathLike | None = None
-                     ) -> tuple[list[Path] | None, list[Path]]:
-    """(paths of the split's files in the first complete directory or None, dirs looked at)."""
-    looked: list[Path] = []
-    for d in candidate_dirs(spec, data_dir):
-        looked.append(d)
-        paths = [resolve_file(d, f, spec.kind) for f in spec.files[train]]
-        if all(p is not None for p in paths):
-            return [p for p in paths if p is not None], looked
-    return None, looked
-
-
-def not_found_error(spec: DatasetSpec, train: bool, looked: list[Path],
-                    data_dir: str | os.PathLike | None = None) -> DatasetNotFoundError:
-    """DatasetNotFoundError listing every directory searched and the ways to fix it."""
-    split = "train" if train else "test"
-    lines = "\n".join(f"  {d}" for d in looked)
-    fix = (f"fix: pass download=True (CLI --download) to fetch it into "
-           f"{default_root(data_dir)}, point data_dir= (CLI --data-dir) or $RANKWISE_DATA at a "
-           f"folder holding the files")
-    if spec.name == "fashion-mnist":
-        fix += ", or run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
-    return DatasetNotFoundError(
-        f"{spec.name} ({split} split: {', '.join(spec.files[train])}) not found; looked in:\n"
-        f"{lines}\n{fix}")
-
-
 def md5_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex md5 of a file (about 0.4 s for CIFAR-10's 186 MB on this machine, warm cache)."""
-    h = hashlib.md5()
+    """Hex md5 of a file (about 0.4 s for CIFAR-10's 186 MB on one CPU core, warm cache)."""
+    h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
@@ -240,5 +175,5 @@ def check_md5(spec: DatasetSpec, path: Path) -> None:
     if got not in accepted:
         raise DatasetIntegrityError(
             f"{path}: md5 {got} matches none of the known copies ({', '.join(accepted)}); the file "
-            f"is corrupt or a different version. Delete it and re-download (download=True), or "
-            f"load with verify='structure' to check only its format")
+            f"is corrupt or a different version. Delete it and load again (a missing file is "
+            f"downloaded), or load with verify='structure' to check only its format")

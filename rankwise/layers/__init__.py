@@ -1,25 +1,28 @@
-"""Factorized replacements for dense layers, one class per format."""
-
-import importlib
+"""Factorized replacements for dense layers, one class per format (each registers itself in
+`FORMATS` with `@register_format` when its module is imported below)."""
 
 from rankwise.layers.base import FORMATS, FactorizedLayer, layer_from_spec, register_format
+from rankwise.layers.channel_conv import ChannelLowRankConv2d
+from rankwise.layers.cp_conv import CPConv2d
+from rankwise.layers.decoupled_conv import DecoupledConv2d
+from rankwise.layers.lowrank_linear import LowRankLinear
 from rankwise.layers.shapes import ConvSpec, LinearSpec
-
-# Importing each format module registers it in FORMATS.
-_FORMAT_MODULES = ("lowrank_linear", "tt_linear", "channel_conv", "spatial_conv", "tucker2_conv",
-                   "cp_conv")
-for _name in _FORMAT_MODULES:
-    try:
-        importlib.import_module(f"rankwise.layers.{_name}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - only while a format is being written
-        if _e.name != f"rankwise.layers.{_name}":
-            raise
+from rankwise.layers.spatial_conv import SpatialLowRankConv2d
+from rankwise.layers.tt_linear import TTLinear
+from rankwise.layers.tucker2_conv import Tucker2Conv2d
 
 __all__ = [
     "FORMATS",
+    "CPConv2d",
+    "ChannelLowRankConv2d",
     "ConvSpec",
+    "DecoupledConv2d",
     "FactorizedLayer",
     "LinearSpec",
+    "LowRankLinear",
+    "SpatialLowRankConv2d",
+    "TTLinear",
+    "Tucker2Conv2d",
     "layer_from_spec",
     "register_format",
 ]

@@ -8,7 +8,7 @@ ELRT, which never builds the dense weight). `to_dense()` reconstructs the equiva
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,8 +41,21 @@ class FactorizedLayer(nn.Module, ABC):
     format: ClassVar[str]
     dense_type: ClassVar[type[nn.Module]]
 
-    dense_spec: DenseSpec
-    _rank: Rank
+    # TorchScript: `dense_spec` (a dataclass) and `_rank` (int or tuple) are Python-side
+    # bookkeeping, never read by `forward`; the scripted module leaves them and every property
+    # (`rank`, `bias`, ..., see `__init_subclass__`) out, so `torch.jit.script` compiles
+    # `forward` alone.
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["dense_spec", "_rank"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["rank"]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__jit_unused_properties__ = sorted(
+            {n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, property)})
+
+    if TYPE_CHECKING:
+        dense_spec: DenseSpec
+        _rank: Rank
 
     # ----- construction -------------------------------------------------------------------
     @classmethod

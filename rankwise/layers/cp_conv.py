@@ -26,10 +26,10 @@ from rankwise.errors import RankError, UnsupportedLayerError
 from rankwise.layers.base import DenseSpec, FactorizedLayer, Rank, register_format
 from rankwise.layers.shapes import ConvSpec, Pair
 from rankwise.layers.tucker2_conv import as_conv_spec, chain_cost, describe_conv
-from rankwise.linalg.cp import cp_als, cp_reconstruct
-from rankwise.linalg.matricize import channel_matricize
+from rankwise.linalg.cp import CP4, cp_als_batch, cp_exact, cp_reconstruct
 
-_OPTIONS = ("n_iter_max", "tol", "seed")
+EXACT_RTOL = 1e-7  # singular values below this fraction of the largest count as zero (cp_exact)
+_OPTIONS = ("n_iter_max", "tol", "seed", "callback", "method")
 
 
 def _split_padding(padding: Pair | str, axis: int) -> Pair | str:
@@ -105,12 +105,18 @@ class CPConv2d(FactorizedLayer):
     @classmethod
     def from_dense(cls, layer: nn.Module, rank: Rank, *, name: str | None = None,
                    **options: Any) -> CPConv2d:
-        """CP-ALS (float64, SVD init, deterministic; options `n_iter_max=200`, `tol=1e-6`,
-        `seed=0`) of `layer.weight (n, c/g, kh, kw)` per group, cast to the layer's dtype.
+        """CP of `layer.weight (n, c/g, kh, kw)` per group, cast to the layer's dtype.
 
-        The defaults stop ALS once a sweep improves the relative error by < 1e-6 of itself
-        (enough for fine-tuning to start from); pass larger values for a tighter fit."""
+        `method="als"` (default): CP-ALS (float64, SVD init, deterministic; options
+        `n_iter_max=200` caps the sweeps, `tol=1e-6`, `seed=0`, `callback(sweep, rel_error)`
+        reports progress). The defaults stop once a sweep improves the relative error by < 1e-6
+        of itself (enough for fine-tuning to start from); pass larger values for a tighter fit.
+        `method="exact"`: the iteration-free exact CP of `rankwise.linalg.cp.cp_exact`; `rank`
+        must be at least `exact_rank(layer.weight, spec)` (extra components are zero)."""
         _reject_options(options, name)
+        method = options.pop("method", "als")
+        if method not in ("als", "exact"):
+            raise ValueError(f"cp method must be 'als' or 'exact', got {method!r}")
         options = {"n_iter_max": 200, "tol": 1e-6, **options}
         if not isinstance(layer, nn.Conv2d):
             raise UnsupportedLayerError(
@@ -122,16 +128,40 @@ class CPConv2d(FactorizedLayer):
         g = spec.groups
         n_g = spec.out_channels // g
         w = layer.weight.detach().to(torch.float64)
-        parts = [cp_als(w[k * n_g:(k + 1) * n_g], r, **options) for k in range(g)]
+        groups = w.reshape(g, n_g, *w.shape[1:])  # (g, n_g, c_g, kh, kw)
+        if method == "exact":
+            where = describe_conv(spec, name)
+            parts = [_pad(cp_exact(wk, EXACT_RTOL), r, where) for wk in groups]
+            f = CP4(*(torch.stack([getattr(p, k) for p in parts]) for k in CP4._fields))
+        else:
+            f = cp_als_batch(groups, r, **options)  # all groups at once: (g, d, R) factors
         out = cls(spec, r).to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            out.first.weight.copy_(torch.cat([p.inp.T for p in parts], 0)[:, :, None, None])
-            out.vertical.weight.copy_(torch.cat([p.kh.T for p in parts], 0)[:, None, :, None])
-            out.horizontal.weight.copy_(torch.cat([p.kw.T for p in parts], 0)[:, None, None, :])
-            out.last.weight.copy_(torch.cat([p.out for p in parts], 0)[:, :, None, None])
+        with torch.no_grad():  # group k's components are channels k·R .. (k+1)·R − 1
+            out.first.weight.copy_(f.inp.transpose(1, 2).reshape(g * r, -1)[:, :, None, None])
+            out.vertical.weight.copy_(f.kh.transpose(1, 2).reshape(g * r, -1)[:, None, :, None])
+            out.horizontal.weight.copy_(
+                f.kw.transpose(1, 2).reshape(g * r, -1)[:, None, None, :])
+            out.last.weight.copy_(f.out.reshape(g * n_g, r)[:, :, None, None])
             if layer.bias is not None:
                 out.last.bias.copy_(layer.bias)
         return out
+
+    @classmethod
+    def exact_rank(cls, weight: torch.Tensor, spec: DenseSpec) -> int:
+        """A rank at which `from_dense(method="exact")` is exact: over the groups of
+        `weight (n, c/g, kh, kw)`, the largest `min_m Π_{k≠m} r_k` of the multilinear ranks `r_k`
+        (an upper bound on each group's `cp_exact` rank; batched over groups)."""
+        spec = as_conv_spec(spec, cls.format)
+        g = spec.groups
+        w = weight.detach().to(torch.float64).reshape(g, -1, *weight.shape[1:])
+        ranks = []
+        for mode in range(4):
+            s = torch.linalg.svdvals(w.movedim(mode + 1, 1).reshape(g, w.shape[mode + 1], -1))
+            top = s[:, :1].clamp_min(1e-300)
+            ranks.append((s > EXACT_RTOL * top).sum(1).clamp_min(1))
+        r = torch.stack(ranks, 1)  # (g, 4)
+        bound = (r.prod(1, keepdim=True) // r).amin(1)  # min over the dropped mode m
+        return int(bound.max())
 
     @classmethod
     def from_spec(cls, spec: DenseSpec, rank: Rank, *, name: str | None = None,
@@ -150,9 +180,8 @@ class CPConv2d(FactorizedLayer):
         g = spec.groups
         n_g = spec.out_channels // g
         w = weight.detach().to(torch.float64)
-        s = sum(torch.linalg.svdvals(channel_matricize(w[k * n_g:(k + 1) * n_g])).pow(2)
-                for k in range(g))
-        return [s.sqrt()]
+        s = torch.linalg.svdvals(w.reshape(g, n_g, -1))  # (g, min(n_g, c_g·kh·kw)), batched
+        return [s.pow(2).sum(0).sqrt()]
 
     @classmethod
     def cost(cls, spec: DenseSpec, rank: Rank, input_hw: Pair | None = None) -> tuple[int, int]:
@@ -192,3 +221,13 @@ def _reject_options(options: dict[str, Any], name: str | None) -> None:
             f"unknown option(s) {unknown} for cp layer {name or '<unnamed>'}; cp accepts "
             f"{', '.join(_OPTIONS)} (CP-ALS settings, from_dense)"
         )
+
+
+def _pad(f: CP4, rank: int, where: str) -> CP4:
+    """`f` with zero components appended up to `rank` columns."""
+    have = f.out.shape[1]
+    if have > rank:
+        raise RankError(f"cp rank {rank} is below the exact rank {have} of {where}; pass a rank "
+                        f">= {have} with method='exact'")
+    return CP4(*(torch.cat([x, x.new_zeros(x.shape[0], rank - have)], 1) for x in f))
+

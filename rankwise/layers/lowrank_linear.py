@@ -4,6 +4,9 @@
 balanced scaling). As modules: `first = Linear(in → r, no bias)` holds `V`, `second =
 Linear(r → out, bias)` holds `U` and the dense bias.
 
+`weight` / `bias` / `in_features` / `out_features` read like an `nn.Linear`'s (`weight` is the
+effective dense product, recomputed per read), so code that reads them keeps working.
+
 This file also holds `check_rank`, the rank validation shared by the SVD-based formats
 ("svd", "channel", "spatial").
 """
@@ -167,6 +170,23 @@ class LowRankLinear(FactorizedLayer):
     def bias(self) -> torch.Tensor | None:
         """The dense layer's bias `(out,)` (lives in `second`), or None."""
         return self.second.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective dense weight `U V (out, in)`, read-only, for code that reads
+        `layer.weight` (e.g. attention calling `F.linear(x, proj.weight)`).
+
+        Computed on each read (differentiable w.r.t. the factors, `out·r·in` MACs); such code runs
+        the dense product and gains no speed. It is not a parameter: assigning to it raises."""
+        return self.dense_weight()
+
+    @property
+    def in_features(self) -> int:
+        return self.dense_spec.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.dense_spec.out_features
 
     def dense_weight(self) -> torch.Tensor:
         """`U V`, shape `(out, in)`."""

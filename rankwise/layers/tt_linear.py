@@ -229,18 +229,22 @@ class TTLinear(FactorizedLayer):
 
     # ----- forward and reconstruction ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x (*, in)` → `(*, out)`, contracting one core at a time (no dense weight)."""
-        lead = x.shape[:-1]
-        b = _prod(lead)
+        """`x (*, in)` → `(*, out)`, contracting one core at a time (no dense weight).
+
+        Mode sizes are read from the cores' shapes, so the method scripts with TorchScript."""
         # state (B, Π m_done, r_{k-1}, Π n_rest)
-        state = x.reshape(b, 1, 1, self.dense_spec.in_features)
-        for g, n in zip(self.cores, self.in_modes, strict=True):
-            bb, m_done, r, n_rest = state.shape
+        state = x.reshape(-1, 1, 1, x.shape[-1])
+        for g in self.cores:
+            bb, m_done, r, n_rest = state.shape[0], state.shape[1], state.shape[2], state.shape[3]
+            n = g.shape[2]
             state = state.reshape(bb, m_done, r, n, n_rest // n)
             state = torch.einsum("bapnq,pmnr->bamrq", state, g)
             state = state.reshape(bb, m_done * g.shape[1], g.shape[3], n_rest // n)
-        y = state.reshape(*lead, self.dense_spec.out_features)
-        return y + self.bias if self.bias is not None else y
+        y = state.reshape(list(x.shape[:-1]) + [-1])
+        bias = self.bias
+        if bias is not None:
+            y = y + bias
+        return y
 
     def dense_weight(self) -> torch.Tensor:
         """`(out, in)` reconstructed from the cores."""

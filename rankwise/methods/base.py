@@ -1,87 +1,85 @@
-"""`Method`: a training paradigm as a trainer plug-in, and `DenseMethod` (plain training).
+"""`CompressionMethod`: the small, loop-agnostic life cycle every method object follows.
 
-A method turns parsed CLI flags into its config dataclass, rewrites the model before training
-(`prepare_model`), supplies hooks and optionally its own optimizer, and converts/reports after
-training (`finalize`). `rankwise train --method NAME` drives exactly this sequence:
+A method object wraps a model and is driven from *any* training loop (plain PyTorch, rankwise's
+`Trainer`, Lightning, Hugging Face) by four calls, all no-ops by default:
 
-    cfg = method.config_from_args(args)
-    model = method.prepare_model(model, cfg, input_shape)
-    trainer = Trainer(model, train_cfg, ..., hooks=method.hooks(cfg),
-                      optimizer=method.make_optimizer(model, train_cfg, cfg))
-    trainer.fit(); report = method.finalize(trainer, cfg)
+    method = rankwise.TRP(model, energy=0.9, nuclear_weight=3e-4)
+    for step, (x, y) in enumerate(batches):          # `step` counts optimizer steps
+        method.before_forward(step)                  # e.g. TRP's truncation W ← U_r Σ_r V_rᵀ
+        loss = loss_fn(model(x), y)
+        pen = method.penalty()                       # e.g. ELRT's orthogonality term, or None
+        if pen is not None:
+            loss = loss + pen
+        optimizer.zero_grad(); loss.backward()
+        # with AMP: scaler.unscale_(optimizer) here, so that gradients are unscaled
+        method.after_backward(step)                  # e.g. TRP's grad += λ·U_r V_rᵀ
+        optimizer.step()                             # any optimizer
+        method.after_step(step)
+    small, report = method.finalize(model)           # the compressed model + a JSON-able report
+
+Gradient accumulation: call `before_forward(step)` before every micro-batch (it acts once per
+`step`), add `penalty()` to each micro-batch's (scaled) loss or call `add_penalty_grad()` once,
+and call `after_backward(step)` once per optimizer step. DDP: every rank makes the same calls
+(the methods act on identical replicated weights/gradients). `state_dict()` /
+`load_state_dict()` hold plain types and tensors (checkpoint with `torch.save`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from rankwise.train import Hook, TrainConfig, Trainer
+
+class CompressionMethod:
+    """Base class of the loop-agnostic method objects (`rankwise.TRP`, `rankwise.ELRT`, ...)."""
+
+    name: ClassVar[str] = "base"
+
+    def before_forward(self, step: int) -> None:
+        """Before the forward of optimizer step `step` (idempotent within one step)."""
+
+    def penalty(self) -> torch.Tensor | None:
+        """A differentiable scalar to add to the loss this step, or None."""
+        return None
+
+    def add_penalty_grad(self) -> float | None:
+        """Backward `penalty()` on its own (its gradient accumulates into `.grad`): for loops
+        whose loss the method cannot reach (HF/Lightning callbacks). Call it after the data
+        backward (and after `unscale_` under AMP), once per optimizer step. Returns its value."""
+        pen = self.penalty()
+        if pen is None:
+            return None
+        if pen.requires_grad:
+            pen.backward()
+        return float(pen.detach())
+
+    def after_backward(self, step: int) -> None:
+        """Gradients of step `step` are present (unscaled, DDP-averaged), before the update."""
+
+    def after_step(self, step: int) -> None:
+        """After the optimizer's update of step `step`."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers worth logging now (e.g. energy ranks)."""
+        return {}
+
+    def finalize(self, model: nn.Module | None = None, **kwargs: Any) -> tuple[nn.Module, dict]:
+        """After training: `(compressed model, JSON-able report)`; default the model as is."""
+        return model if model is not None else getattr(self, "model", None), {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
 
 
 @dataclass
 class DenseConfig:
     """Plain training has no options."""
-
-
-class Method:
-    """Base class; every method is optional and defaults to "do nothing special".
-
-    Subclasses set `name` (the `--method` value) and `config_class` (a dataclass whose fields
-    are mirrored as `--<name>-<field>` flags by `add_arguments`). Flag names must be prefixed
-    with the method name so that all methods can share the `rankwise train` parser.
-    """
-
-    name: str = "base"
-    config_class: type = DenseConfig
-    help: str = ""
-
-    def add_arguments(self, parser: argparse.ArgumentParser | Any) -> None:
-        """Add this method's `--<name>-...` flags to `parser` (an argument group is fine)."""
-
-    def config_from_args(self, args: argparse.Namespace) -> Any:
-        """Build the config dataclass from parsed flags (default: no options)."""
-        return self.config_class()
-
-    def prepare_model(self, model: nn.Module, cfg: Any,
-                      input_shape: tuple[int, ...]) -> nn.Module:
-        """Rewrite `model` before training (e.g. factorize layers); `input_shape` is (C, H, W)."""
-        return model
-
-    def hooks(self, cfg: Any) -> list[Hook]:
-        """Trainer hooks implementing the method during training."""
-        return []
-
-    def make_optimizer(self, model: nn.Module, train_cfg: TrainConfig,
-                       cfg: Any) -> torch.optim.Optimizer | None:
-        """An optimizer over `model`, or None for the trainer's SGD from `train_cfg`."""
-        return None
-
-    def finalize(self, trainer: Trainer, cfg: Any) -> dict[str, Any]:
-        """After training: convert the model (may replace `trainer.model` and call
-        `trainer.save_model()`), write a report into `trainer.out_dir`, return a JSON-able
-        summary that `rankwise train` prints and stores in `summary.json`."""
-        return {}
-
-    def config_to_dict(self, cfg: Any) -> dict[str, Any]:
-        """The config as a JSON-able dict (stored in the run's config.json)."""
-        if cfg is None:
-            return {}
-        if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-            return json_safe(dataclasses.asdict(cfg))
-        return json_safe(dict(vars(cfg)))
-
-    def config_from_dict(self, d: dict[str, Any]) -> Any:
-        """Inverse of `config_to_dict` (used by `rankwise eval` to rebuild a run's model)."""
-        names = {f.name for f in dataclasses.fields(self.config_class)}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return self.config_class(**kwargs)
 
 
 def json_safe(value: Any) -> Any:
@@ -95,9 +93,4 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-class DenseMethod(Method):
-    """Plain (dense) training: no model rewrite, no hooks, the trainer's SGD."""
-
-    name = "dense"
-    config_class = DenseConfig
-    help = "plain dense training (the baseline)"
+__all__ = ["CompressionMethod", "DenseConfig", "json_safe"]

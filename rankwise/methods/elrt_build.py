@@ -18,6 +18,7 @@ from rankwise.layers.base import FactorizedLayer, Rank, dense_spec_of
 from rankwise.layers.init import init_dense_, init_factorized_
 from rankwise.layers.shapes import conv2d_macs, conv2d_params, linear_macs, linear_params
 from rankwise.methods.regularizers import factorized_layers, layer_penalties
+from rankwise.options import option, validate
 from rankwise.surgery.decompose import DecomposeReport, LayerRow, matches
 
 CONV_FORMATS = ("tucker2", "channel", "spatial", "cp")
@@ -29,47 +30,37 @@ REPORT = "elrt_report.json"
 @dataclass
 class ELRTConfig:
     """ELRT options (CLI `--elrt-<field>`). `format` is the conv format (a linear format
-    "svd"/"tt" here means: linears use it, convs use "channel"); `linear_format` is for
-    nn.Linear ("none" keeps them dense); 1×1 convs always use "channel". `rank` is a
-    `parse_rank` string (fixed:/ratio:/budget:). `orth_weight` is λ. `init_*` choose the
-    Kaiming target the factors match; `seed` seeds the init (None: global RNG)."""
+    "svd"/"tt" here means: linears use it, convs use "channel"); 1×1 convs always use "channel".
+    Defaults are ours (unverified against the paper), except Tucker-2 (paper)."""
 
-    format: str = "tucker2"
-    rank: str = "ratio:0.25"
-    orth_weight: float = 1e-3
-    linear_format: str = "svd"
-    skip_first_conv: bool = True
-    skip_classifier: bool = True
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    init_mode: str = "fan_in"
-    init_distribution: str = "normal"
-    nonlinearity: str = "relu"
-    seed: int | None = None
-    log_every: int | None = None
-    budget_allocation: str = "uniform"
-    rank_multiple: int = 1
+    format: str = option("tucker2", choices=CONV_FORMATS + LINEAR_FORMATS,
+                         help="factorized format of the convs")
+    rank: str = option("ratio:0.25", help="fixed:R | ratio:F | budget:params=X | budget:macs=X")
+    orth_weight: float = option(1e-3, low=0.0, help="λ of the orthogonality penalty")
+    linear_format: str = option("svd", choices=LINEAR_FORMATS + ("none",),
+                                help="format of nn.Linear layers (none: keep dense)")
+    skip_first_conv: bool = option(True, aliases=("--no-elrt-skip-first-conv",),
+                                   help="keep the first conv dense")
+    skip_classifier: bool = option(True, aliases=("--no-elrt-skip-classifier",),
+                                   help="keep the classifier dense")
+    include: tuple[str, ...] = option((), help="layer globs to factorize")
+    exclude: tuple[str, ...] = option((), help="layer globs to keep dense")
+    init_mode: str = option("fan_in", choices=("fan_in", "fan_out"),
+                            help="Kaiming mode the factors' variance matches")
+    init_distribution: str = option("normal", choices=("normal", "uniform"), flag="init-dist",
+                                    help="distribution of the factor init")
+    nonlinearity: str = option("relu", help="Kaiming gain's nonlinearity")
+    seed: int | None = option(None, help="seed of the factor init (None: global RNG)")
+    log_every: int | None = option(None, low=1, help="steps between penalty log rows "
+                                                     "(None: the trainer's)")
+    budget_allocation: str = option("uniform", choices=("uniform", "greedy"),
+                                    help="budgets: one rank fraction for all layers (uniform) "
+                                         "or allocate_budget on flat spectra (greedy)")
+    rank_multiple: int = option(1, low=1, help="round ranks down to multiples of this (e.g. 8)")
 
     def __post_init__(self) -> None:
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
-        if self.format not in CONV_FORMATS + LINEAR_FORMATS:
-            raise ConfigError(f"--elrt-format {self.format!r}: choose one of "
-                              f"{CONV_FORMATS + LINEAR_FORMATS}")
-        if self.linear_format not in LINEAR_FORMATS + ("none",):
-            raise ConfigError(f"--elrt-linear-format {self.linear_format!r}: choose svd, tt or "
-                              "none")
-        if not self.orth_weight >= 0:
-            raise ConfigError(f"--elrt-orth-weight must be >= 0, got {self.orth_weight}")
-        if int(self.rank_multiple) < 1:
-            raise ConfigError(f"--elrt-rank-multiple must be >= 1, got {self.rank_multiple}")
-        if self.budget_allocation not in ("uniform", "greedy"):
-            raise ConfigError("--elrt-budget-allocation must be uniform or greedy, got "
-                              f"{self.budget_allocation!r}")
-        if self.init_mode not in ("fan_in", "fan_out"):
-            raise ConfigError(f"--elrt-init-mode must be fan_in or fan_out, got {self.init_mode}")
-        if self.init_distribution not in ("normal", "uniform"):
-            raise ConfigError("--elrt-init-dist must be normal or uniform, got "
-                              f"{self.init_distribution}")
+        validate(self)
         resolve_policy(self.rank)
 
 

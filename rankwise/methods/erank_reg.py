@@ -19,21 +19,18 @@ ours, not from a paper.
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from rankwise.analysis.layer_ranks import analyze_model, matricize_groups, summarize, to_markdown
 from rankwise.errors import ConfigError
-from rankwise.methods.base import Method
-from rankwise.train.hooks import Hook
-
-if TYPE_CHECKING:
-    from rankwise.train import Trainer
+from rankwise.methods.base import CompressionMethod
+from rankwise.methods.registry import register_method
+from rankwise.options import option, validate
 
 MEASURES = ("erank", "nuclear", "l1sv")
 _TINY = 1e-30
@@ -62,26 +59,19 @@ MEASURE_FNS = {"erank": erank_measure, "nuclear": nuclear_measure, "l1sv": l1sv_
 
 @dataclass
 class ERankRegConfig:
-    """measure: erank|nuclear|l1sv; weight: λ; scheme: conv matricization channel|spatial;
-    include_linear: regularize nn.Linear too; normalize: divide each layer's measure by its
-    max rank; period: apply every `period` steps (1 = every step)."""
+    """Options of the spectral regularizer (CLI `--erank-reg-<field>`)."""
 
-    measure: str = "erank"
-    weight: float = 1e-3
-    scheme: str = "channel"
-    include_linear: bool = True
-    normalize: bool = False
-    period: int = 1
+    measure: str = option("erank", choices=MEASURES, aliases=("--reg",),
+                          help="spectral measure: erank, nuclear (‖σ‖₁/‖σ‖₂) or l1sv")
+    weight: float = option(1e-3, low=0.0, aliases=("--reg-weight",), help="λ")
+    scheme: str = option("channel", choices=("channel", "spatial"),
+                         help="conv matricization")
+    include_linear: bool = option(True, flag="no-linear", help="regularize convs only")
+    normalize: bool = option(False, help="divide each layer's measure by its max rank")
+    period: int = option(1, low=1, help="apply the regularizer every N steps")
 
     def __post_init__(self) -> None:
-        if self.measure not in MEASURES:
-            raise ConfigError(f"--erank-reg-measure {self.measure!r}: choose one of {MEASURES}")
-        if self.scheme not in ("channel", "spatial"):
-            raise ConfigError(f"--erank-reg-scheme {self.scheme!r}: choose channel or spatial")
-        if not self.weight >= 0.0:
-            raise ConfigError(f"--erank-reg-weight must be >= 0, got {self.weight}")
-        if int(self.period) < 1:
-            raise ConfigError(f"--erank-reg-period must be >= 1, got {self.period}")
+        validate(self)
 
 
 def regularized_layers(model: nn.Module,
@@ -118,25 +108,51 @@ def spectral_penalty(model: nn.Module, measure: str = "erank", scheme: str = "ch
     return torch.stack(terms).sum()
 
 
-class ERankRegHook(Hook):
-    """Adds `weight · spectral_penalty(model)` to the loss every `period` steps."""
+@register_method("erank-reg")
+class EffectiveRankRegularizer(CompressionMethod):
+    """`loss += weight · spectral_penalty(model)` every `period` steps (`penalty()`).
 
-    def __init__(self, cfg: ERankRegConfig) -> None:
-        self.cfg = cfg
+    `EffectiveRankRegularizer(model, measure="erank", weight=1e-3)`; call `before_forward(t)`
+    each step so that `period` is honoured; `last_penalty` is the last unweighted value.
+    """
+
+    config_cls = ERankRegConfig
+
+    def __init__(self, model: nn.Module, config: ERankRegConfig | None = None,
+                 **options: Any) -> None:
+        base = config if config is not None else ERankRegConfig()
+        self.cfg = dataclasses.replace(base, **options) if options else base
+        self.model = model
         self.step = 0
         self.last_penalty: float | None = None
+        if not regularized_layers(model, self.cfg.include_linear):
+            raise ConfigError(f"erank-reg: {type(model).__name__} has no nn.Conv2d"
+                              f"{' / nn.Linear' if self.cfg.include_linear else ''} weight to "
+                              "regularize")
 
-    def on_batch_start(self, trainer: Trainer, step: int) -> None:
+    def before_forward(self, step: int) -> None:
         self.step = int(step)
 
-    def extra_loss(self, trainer: Trainer | None, model: nn.Module) -> torch.Tensor | None:
+    def penalty(self) -> torch.Tensor | None:
         cfg = self.cfg
         if cfg.weight == 0.0 or self.step % int(cfg.period):
             return None
-        penalty = spectral_penalty(model, cfg.measure, cfg.scheme, cfg.include_linear,
-                                   cfg.normalize)
-        self.last_penalty = float(penalty.detach())
-        return cfg.weight * penalty
+        pen = spectral_penalty(self.model, cfg.measure, cfg.scheme, cfg.include_linear,
+                               cfg.normalize)
+        self.last_penalty = float(pen.detach())
+        return cfg.weight * pen
+
+    def finalize(self, model: nn.Module | None = None, **kwargs: Any
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+        """`(model, report)`: the per-layer rank analysis (no conversion)."""
+        model = model if model is not None else self.model
+        stats = analyze_model(model, self.cfg.scheme)
+        summary = {"measure": self.cfg.measure, "weight": self.cfg.weight, **summarize(stats),
+                   "sum_erank": sum(s.erank for s in stats)}
+        return model, {"summary": summary, "layers": [s.to_dict(False) for s in stats],
+                       "markdown": to_markdown(stats, f"Rank analysis after erank-reg "
+                                               f"({self.cfg.measure}, λ={self.cfg.weight:g})",
+                                               self.cfg.scheme)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "last_penalty": self.last_penalty}
@@ -146,62 +162,6 @@ class ERankRegHook(Hook):
         self.last_penalty = state.get("last_penalty")
 
 
-class ERankRegMethod(Method):
-    """Dense training plus a spectral (effective-rank / ℓ1-type) regularizer."""
-
-    name = "erank-reg"
-    config_class = ERankRegConfig
-    help = "dense training + λ·Σ erank(W) (or nuclear / l1sv) regularizer toward low rank"
-
-    def add_arguments(self, parser: argparse.ArgumentParser | Any) -> None:
-        opts = [
-            (("--erank-reg-measure", "--reg"), dict(dest="erank_reg_measure", default="erank",
-                                                    choices=MEASURES,
-                                                    help="spectral measure (default erank)")),
-            (("--erank-reg-weight", "--reg-weight"), dict(dest="erank_reg_weight", type=float,
-                                                          default=1e-3, help="λ (default 1e-3)")),
-        ]
-        for names, kw in opts:
-            try:
-                parser.add_argument(*names, **kw)
-            except argparse.ArgumentError:  # the short alias is taken by another method
-                parser.add_argument(names[0], **kw)
-        parser.add_argument("--erank-reg-scheme", default="channel", choices=("channel", "spatial"),
-                            help="conv matricization (default channel)")
-        parser.add_argument("--erank-reg-no-linear", action="store_true",
-                            help="regularize convs only")
-        parser.add_argument("--erank-reg-normalize", action="store_true",
-                            help="divide each layer's measure by its max rank")
-        parser.add_argument("--erank-reg-period", type=int, default=1,
-                            help="apply the regularizer every N steps (default 1)")
-
-    def config_from_args(self, args: argparse.Namespace) -> ERankRegConfig:
-        return ERankRegConfig(
-            measure=getattr(args, "erank_reg_measure", "erank"),
-            weight=float(getattr(args, "erank_reg_weight", 1e-3)),
-            scheme=getattr(args, "erank_reg_scheme", "channel"),
-            include_linear=not getattr(args, "erank_reg_no_linear", False),
-            normalize=bool(getattr(args, "erank_reg_normalize", False)),
-            period=int(getattr(args, "erank_reg_period", 1)),
-        )
-
-    def hooks(self, cfg: ERankRegConfig) -> list[Hook]:
-        return [ERankRegHook(cfg)]
-
-    def finalize(self, trainer: Trainer, cfg: ERankRegConfig) -> dict[str, Any]:
-        """Write `erank_report.json` / `.md` (per-layer rank analysis) into the run dir."""
-        stats = analyze_model(trainer.model, cfg.scheme)
-        summary = {"measure": cfg.measure, "weight": cfg.weight, **summarize(stats),
-                   "sum_erank": sum(s.erank for s in stats)}
-        if getattr(trainer, "is_main", True):
-            out = trainer.out_dir
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "erank_report.json").write_text(json.dumps(
-                {"summary": summary, "layers": [s.to_dict(False) for s in stats]}, indent=2))
-            (out / "erank_report.md").write_text(
-                to_markdown(stats, f"Rank analysis after erank-reg ({cfg.measure}, "
-                                   f"λ={cfg.weight:g})", cfg.scheme))
-        return summary
-
-
-METHOD = ERankRegMethod()
+__all__ = ["MEASURES", "ERankRegConfig", "EffectiveRankRegularizer", "erank_measure",
+           "l1sv_measure", "layer_spectrum", "nuclear_measure", "regularized_layers",
+           "spectral_penalty"]

@@ -1,5 +1,10 @@
 """Subspace training after DLDR (Li et al., "Low dimensional trajectory hypothesis is true",
-TPAMI 2022; code nblt/DLDR) as a method: `rankwise train --method subspace`.
+TPAMI 2022; code nblt/DLDR): `SubspaceTraining`, the loop-agnostic object
+(`rankwise train --method subspace` wraps it in `rankwise.train.method_hooks.SubspaceHook`).
+
+Own loop: `sub = SubspaceTraining(model, dim=40, sample_epochs=t)`; `sub.sample()` at the start
+and after every phase-1 epoch; then `sub.switch(model)` and `opt = sub.make_optimizer()` (for
+P-BFGS also `opt.set_closure(loss_closure)`); train on with `opt`.
 
 Phase 1 (epochs `0 .. t−1`): the trainer's SGD as usual; the flattened trainable parameters
 (`D` numbers, optimizer order) are sampled at the initial point and after every epoch (code:
@@ -24,21 +29,19 @@ dense run's) and `subspace_basis.safetensors` (`basis` P, `reference` θ_ref, `m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from rankwise.errors import ConfigError
 from rankwise.linalg.pca import METHODS as PCA_METHODS
 from rankwise.linalg.pca import pca
-from rankwise.methods.base import Method
+from rankwise.methods.base import CompressionMethod
+from rankwise.methods.registry import register_method
 from rankwise.optim.psgd import (
     LINE_SEARCHES,
     ProjectedBFGS,
@@ -46,10 +49,7 @@ from rankwise.optim.psgd import (
     flat_params,
     write_flat_,
 )
-from rankwise.train.hooks import Hook
-
-if TYPE_CHECKING:
-    from rankwise.train import Trainer
+from rankwise.options import option, to_dict, validate
 
 OPTIMIZERS = ("psgd", "pbfgs")
 STARTS = ("first", "last")
@@ -58,94 +58,66 @@ REPORT, BASIS = "subspace_report.json", "subspace_basis.safetensors"
 
 @dataclass
 class SubspaceConfig:
-    """Options (CLI `--subspace-<field>`); defaults are the code's CIFAR settings unless noted.
+    """Options (CLI `--subspace-<field>`); defaults are the code's CIFAR settings unless noted."""
 
-    `dim` d = 40; `sample_epochs` t = 80 (phase 1 length); `samples_per_epoch` 1 (code);
-    `optimizer` psgd|pbfgs; `lr` 1; `momentum` 0.9 (P-SGD); `milestones` (30, 50) phase-2
-    epochs where P-SGD's lr × `gamma` 0.1; `weight_decay` 0 in phase 2; `start` first|last;
-    `pca_method` svd|gram (ours); `rho`/`c1`/`max_trials`/`line_search` of P-BFGS;
-    `batch_size` of phase 2 (None: the run's; code: 128 P-SGD, 1024 P-BFGS); `target_acc`
-    (fraction) or `dense_run` (a run dir whose final test accuracy is the target) and
-    `target_tolerance` for the time-to-accuracy report (ours).
-    """
-
-    dim: int = 40
-    sample_epochs: int = 80
-    samples_per_epoch: int = 1
-    optimizer: str = "psgd"
-    lr: float = 1.0
-    momentum: float = 0.9
-    milestones: tuple[int, ...] = (30, 50)
-    gamma: float = 0.1
-    weight_decay: float = 0.0
-    start: str = "first"
-    pca_method: str = "svd"
-    rho: float = 0.4
-    c1: float = 0.4
-    max_trials: int = 20
-    line_search: str = "backtrack"
-    batch_size: int | None = None
-    target_acc: float | None = None
-    dense_run: str | None = None
-    target_tolerance: float = 0.0
+    dim: int = option(40, low=1, help="d, PCA directions trained in phase 2")
+    sample_epochs: int = option(80, low=1, aliases=("--sample-epochs",),
+                                help="t, phase-1 SGD epochs (phase 2: --epochs − t)")
+    samples_per_epoch: int = option(1, low=1, help="parameter samples per phase-1 epoch (ours)")
+    optimizer: str = option("psgd", choices=OPTIMIZERS, help="phase-2 optimizer")
+    lr: float = option(1.0, low=0.0, low_open=True,
+                       help="phase-2 lr (P-SGD) / first line-search step (P-BFGS)")
+    momentum: float = option(0.9, low=0.0, high=1.0, high_open=True, help="P-SGD momentum")
+    milestones: tuple[int, ...] = option((30, 50), low=1,
+                                         help="phase-2 epochs where P-SGD's lr × gamma")
+    gamma: float = option(0.1, low=0.0, low_open=True, help="P-SGD lr decay factor")
+    weight_decay: float = option(0.0, low=0.0, help="phase-2 weight decay")
+    start: str = option("first", choices=STARTS,
+                        help="phase 2 restarts from the first sample (code) or the last")
+    pca_method: str = option("svd", choices=PCA_METHODS, help="PCA algorithm (ours)")
+    rho: float = option(0.4, low=0.0, high=1.0, low_open=True, high_open=True,
+                        help="P-BFGS backtracking factor")
+    c1: float = option(0.4, low=0.0, high=1.0, low_open=True, high_open=True,
+                       help="P-BFGS Armijo constant")
+    max_trials: int = option(20, low=1, help="P-BFGS line-search trials")
+    line_search: str = option("backtrack", choices=LINE_SEARCHES, help="P-BFGS line search")
+    batch_size: int | None = option(None, low=1, help="phase-2 global batch (None: the run's)")
+    target_acc: float | None = option(None, low=0.0, high=1.0,
+                                      help="target test accuracy (fraction) for the report")
+    dense_run: str | None = option(None, help="a dense run dir: its final test accuracy is the "
+                                              "target")
+    target_tolerance: float = option(0.0, low=0.0, help="accuracy slack of the target")
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
+        validate(self)
         n = self.sample_epochs * self.samples_per_epoch
-        checks = [
-            (self.dim >= 1 and self.sample_epochs >= 1 and self.samples_per_epoch >= 1,
-             "dim, sample_epochs and samples_per_epoch must be >= 1"),
-            (self.dim <= n, f"dim={self.dim} exceeds the {n} directions that 1 + "
-             f"sample_epochs·samples_per_epoch = {n + 1} centred samples span; lower "
-             "--subspace-dim or raise --subspace-sample-epochs / --subspace-samples-per-epoch"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-            (self.start in STARTS, f"start must be one of {STARTS}"),
-            (self.pca_method in PCA_METHODS, f"pca_method must be one of {PCA_METHODS}"),
-            (self.line_search in LINE_SEARCHES, f"line_search must be one of {LINE_SEARCHES}"),
-            (self.lr > 0 and 0 <= self.momentum < 1, "lr must be > 0, momentum in [0, 1)"),
-            (all(m >= 1 for m in self.milestones) and self.gamma > 0,
-             "milestones must be phase-2 epochs >= 1, gamma > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (0 < self.rho < 1 and 0 < self.c1 < 1 and self.max_trials >= 1,
-             "rho and c1 must be in (0, 1), max_trials >= 1"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.target_acc is None or 0 <= self.target_acc <= 1,
-             "target_acc is a fraction in [0, 1]"),
-            (self.target_tolerance >= 0, "target_tolerance must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(f"SubspaceConfig: {msg} (--subspace-* flags)")
+        if self.dim > n:
+            raise ConfigError(
+                f"SubspaceConfig: dim={self.dim} exceeds the {n} directions that 1 + "
+                f"sample_epochs·samples_per_epoch = {n + 1} centred samples span; lower "
+                "--subspace-dim or raise --subspace-sample-epochs / --subspace-samples-per-epoch")
 
 
-class _RecordingLoader:
-    """Wraps the trainer's batch loader and keeps the last batch (P-BFGS re-evaluates it)."""
+@register_method("subspace")
+class SubspaceTraining(CompressionMethod):
+    """Sampling in phase 1, PCA + restart at the switch, the phase-2 optimizer (module doc).
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __iter__(self):
-        for x, y in self.inner:
-            self.last = (x, y)
-            yield x, y
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getattr__(self, name: str) -> Any:  # set_epoch, state_dict, load_state_dict, ...
-        return getattr(self.inner, name)
-
-
-class SubspaceHook(Hook):
-    """Sampling in phase 1, PCA + restart + optimizer swap at the switch (module docstring).
-
-    Public after training: `basis` P (d, D), `reference` θ_ref (D,), `mean` (D,), `pca_info`
-    (explained variance lists), `history` (one row per epoch), `timings` (seconds).
+    `param_groups` (lists of tensors, optimizer order) default to one group of the model's
+    trainable parameters. Public: `phase` ("sample" | "subspace"), `basis` P (d, D),
+    `reference` θ_ref (D,), `mean` (D,), `pca_info`, `history` (one row per epoch, filled by
+    the caller), `timings` (seconds), `num_samples`.
     """
 
-    def __init__(self, cfg: SubspaceConfig) -> None:
-        self.cfg = cfg
+    config_cls = SubspaceConfig
+
+    def __init__(self, model: nn.Module, config: SubspaceConfig | None = None, *,
+                 param_groups: list[list[torch.Tensor]] | None = None, **options: Any) -> None:
+        base = config if config is not None else SubspaceConfig()
+        self.cfg = dataclasses.replace(base, **options) if options else base
+        self.model = model
+        self.groups = param_groups or [[p for p in model.parameters() if p.requires_grad]]
+        self.params = [p for g in self.groups for p in g]
         self.phase = "sample"
         self.samples: list[torch.Tensor] = []
         self.init_buffers: dict[str, torch.Tensor] = {}
@@ -156,53 +128,61 @@ class SubspaceHook(Hook):
         self.history: list[dict[str, Any]] = []
         self.timings = {"phase1_train_s": 0.0, "pca_s": 0.0, "phase2_train_s": 0.0}
         self.num_samples = 0
-        self._opt: torch.optim.Optimizer | None = None
-        self._sched: Any = None
-        self._resume: dict[str, Any] = {}  # phase-2 optimizer/scheduler states to restore
-        self._params: list[torch.Tensor] = []
-        self._groups: list[list[torch.Tensor]] = []
-        self._sample_points: set[int] = set()
-        self._loader: _RecordingLoader | None = None
 
-    # ----- Hook API ---------------------------------------------------------------------
-    def on_train_start(self, trainer: Trainer) -> None:
-        cfg = self.cfg
-        if trainer.cfg.epochs <= cfg.sample_epochs:
-            raise ConfigError(f"subspace: --epochs {trainer.cfg.epochs} leaves no phase 2 after "
-                              f"{cfg.sample_epochs} sample epochs; set --epochs > "
-                              "--subspace-sample-epochs (phase 2 runs epochs − t epochs)")
-        self._groups = [list(g["params"]) for g in trainer.optimizer.param_groups]
-        self._params = [p for g in self._groups for p in g]
-        n, k = trainer.steps_per_epoch, cfg.samples_per_epoch
-        if k > n:
-            raise ConfigError(f"subspace: {k} samples per epoch but only {n} steps per epoch; "
-                              "lower --subspace-samples-per-epoch")
-        self._sample_points = {round(n * i / k) for i in range(1, k + 1)}
-        if self.phase == "subspace":  # resumed after the switch
-            self._install(trainer, self._resume)
-        elif not self.samples and trainer.epoch == 0:
-            self._take_sample()
-            self.init_buffers = {k: b.detach().clone()
-                                 for k, b in trainer.model.named_buffers()}
+    def sample(self) -> None:
+        """Record the flattened parameters (CPU copy); the first call also keeps the buffers."""
+        if not self.samples and not self.init_buffers:
+            self.init_buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
+        self.samples.append(flat_params(self.params).cpu())
+        self.num_samples = len(self.samples)
 
-    def after_step(self, trainer: Trainer, step: int) -> None:
-        if self.phase != "sample":
-            return
-        local = step - trainer.epoch * trainer.steps_per_epoch + 1  # batches done this epoch
-        if local in self._sample_points:
-            self._take_sample()
+    @torch.no_grad()
+    def switch(self) -> None:
+        """PCA of the samples to `basis`; restart from the first sample (with its buffers) or
+        continue from the last (`start`)."""
+        t0 = time.perf_counter()
+        samples = torch.stack(self.samples)  # (1 + t·k, D)
+        res = pca(samples, self.cfg.dim, method=self.cfg.pca_method)
+        self.basis, self.mean = res.components, res.mean
+        self.pca_info = {"explained_variance": res.explained_variance.tolist(),
+                         "explained_variance_ratio": res.explained_variance_ratio.tolist(),
+                         "singular_values": res.singular_values.tolist(),
+                         "total_ratio": res.total_ratio}
+        if self.cfg.start == "first":
+            self.reference = samples[0].clone()
+            write_flat_(self.params, self.reference.to(self.params[0].device))
+            buffers = dict(self.model.named_buffers())
+            for name, value in self.init_buffers.items():
+                buffers[name].copy_(value)
+        else:
+            self.reference = samples[-1].clone()
+        self.samples, self.init_buffers = [], {}
+        self.phase = "subspace"
+        self.timings["pca_s"] += time.perf_counter() - t0
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        phase = 1 if self.phase == "sample" else 2
-        self.timings[f"phase{phase}_train_s"] += float(metrics.get("time_s", 0.0))
-        metrics["subspace_phase"] = phase
-        self.history.append({"epoch": epoch + 1, "phase": phase,
-                             **{k: metrics.get(k) for k in ("train_loss", "train_acc",
-                                                            "test_loss", "test_acc", "time_s",
-                                                            "lr")}})
-        if phase == 1 and epoch + 1 == self.cfg.sample_epochs:
-            self._switch(trainer)
-            metrics["subspace_explained_variance"] = self.pca_info["total_ratio"]
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """`ProjectedSGD` or `ProjectedBFGS` over the groups in the basis (P-BFGS still needs
+        `set_closure`)."""
+        if self.basis is None:
+            raise ConfigError("subspace: make_optimizer before switch(); sample, then switch")
+        cfg, first = self.cfg, self.params[0]
+        basis = self.basis.to(device=first.device, dtype=first.dtype)
+        groups = [{"params": g} for g in self.groups]
+        if cfg.optimizer == "psgd":
+            return ProjectedSGD(groups, basis, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+        return ProjectedBFGS(groups, basis, lr=cfg.lr, rho=cfg.rho, c1=cfg.c1,
+                             max_trials=cfg.max_trials, line_search=cfg.line_search,
+                             weight_decay=cfg.weight_decay)
+
+    def span_residual(self) -> float | None:
+        """‖(θ − θ_ref) − PᵀP(θ − θ_ref)‖ / ‖θ − θ_ref‖ of the current parameters (≈ 0)."""
+        if self.basis is None or not self.params:
+            return None
+        p = self.basis.double().cpu()
+        diff = flat_params(self.params).double().cpu() - self.reference.double().cpu()
+        norm = float(diff.norm())
+        return float((diff - p.T @ (p @ diff)).norm()) / norm if norm > 0 else 0.0
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"phase": self.phase, "history": self.history,
@@ -212,9 +192,7 @@ class SubspaceHook(Hook):
             state["init_buffers"] = self.init_buffers
         else:
             state.update(basis=self.basis.cpu(), reference=self.reference.cpu(),
-                         mean=self.mean.cpu(), pca=self.pca_info,
-                         optimizer=self._opt.state_dict() if self._opt is not None else {},
-                         scheduler=self._sched.state_dict() if self._sched is not None else {})
+                         mean=self.mean.cpu(), pca=self.pca_info)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -230,110 +208,13 @@ class SubspaceHook(Hook):
         else:
             self.basis, self.reference = state["basis"], state["reference"]
             self.mean, self.pca_info = state["mean"], dict(state.get("pca", {}))
-            self._resume = {"optimizer": state.get("optimizer"),
-                            "scheduler": state.get("scheduler")}
 
-    # ----- the method -------------------------------------------------------------------
-    def _take_sample(self) -> None:
-        self.samples.append(flat_params(self._params).cpu())
-        self.num_samples = len(self.samples)
-
-    @torch.no_grad()
-    def _switch(self, trainer: Trainer) -> None:
-        """PCA of the samples, restart (`start`), install the phase-2 optimizer."""
-        t0 = time.perf_counter()
-        samples = torch.stack(self.samples)  # (1 + t·k, D)
-        res = pca(samples, self.cfg.dim, method=self.cfg.pca_method)
-        self.basis, self.mean = res.components, res.mean
-        self.pca_info = {"explained_variance": res.explained_variance.tolist(),
-                         "explained_variance_ratio": res.explained_variance_ratio.tolist(),
-                         "singular_values": res.singular_values.tolist(),
-                         "total_ratio": res.total_ratio}
-        if self.cfg.start == "first":
-            self.reference = samples[0].clone()
-            write_flat_(self._params, self.reference.to(self._params[0].device))
-            buffers = dict(trainer.model.named_buffers())
-            for name, value in self.init_buffers.items():
-                buffers[name].copy_(value)
-        else:
-            self.reference = samples[-1].clone()
-        self.samples, self.init_buffers = [], {}
-        self.phase = "subspace"
-        self.timings["pca_s"] += time.perf_counter() - t0
-        self._install(trainer, {})
-
-    def _install(self, trainer: Trainer, saved: dict[str, Any]) -> None:
-        """Build the phase-2 optimizer/scheduler (restoring `saved` states) and swap them in."""
-        from rankwise.data import BatchLoader
-        from rankwise.train.schedule import LRFactor
-
-        cfg = self.cfg
-        first = self._params[0]
-        basis = self.basis.to(device=first.device, dtype=first.dtype)
-        groups = [{"params": g} for g in self._groups]
-        if cfg.optimizer == "psgd":
-            opt: torch.optim.Optimizer = ProjectedSGD(
-                groups, basis, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            opt = ProjectedBFGS(groups, basis, lr=cfg.lr, rho=cfg.rho, c1=cfg.c1,
-                                max_trials=cfg.max_trials, line_search=cfg.line_search,
-                                weight_decay=cfg.weight_decay)
-            opt.set_closure(self._closure(trainer))
-        inner = trainer.loader.inner if isinstance(trainer.loader, _RecordingLoader) \
-            else trainer.loader
-        if cfg.batch_size is not None:
-            world = trainer.dist.world_size
-            inner = BatchLoader(trainer.train_data, batch_size=max(1, cfg.batch_size // world),
-                                shuffle=True, augment=trainer.cfg.augment, device=trainer.device,
-                                seed=trainer.cfg.seed, drop_last=trainer.cfg.drop_last,
-                                rank=trainer.dist.rank, world_size=world)
-        self._loader = _RecordingLoader(inner)
-        trainer.loader = self._loader
-        trainer.steps_per_epoch = spe = len(inner)
-        schedule = "step" if cfg.optimizer == "psgd" and cfg.milestones else "none"
-        phase2 = trainer.cfg.epochs - cfg.sample_epochs
-        factor = LRFactor(schedule, total_steps=phase2 * spe,
-                          milestone_steps=[m * spe for m in cfg.milestones], gamma=cfg.gamma)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        if saved.get("optimizer"):
-            opt.load_state_dict(saved["optimizer"])
-        if saved.get("scheduler"):
-            sched.load_state_dict(saved["scheduler"])
-        trainer.optimizer, trainer.scheduler = opt, sched
-        self._opt, self._sched, self._resume = opt, sched, {}
-
-    def _closure(self, trainer: Trainer):
-        """Loss of the current batch at the current parameters, train mode, buffers restored;
-        averaged over DDP ranks so that every rank's line search takes the same decision."""
-        from rankwise.train.evaluate import autocast
-
-        def closure() -> torch.Tensor:
-            if self._loader is None or self._loader.last is None:
-                raise ConfigError("subspace: P-BFGS closure called before any batch was seen")
-            x, y = self._loader.last
-            buffers = [b for b in trainer.model.buffers()]
-            saved = [b.clone() for b in buffers]
-            with autocast(trainer.device, trainer.cfg.precision):
-                logits = trainer.model(x)
-            loss = F.cross_entropy(logits.float(), y,
-                                   label_smoothing=trainer.cfg.label_smoothing).detach()
-            for b, s in zip(buffers, saved, strict=True):
-                b.copy_(s)
-            if trainer.dist.enabled:
-                torch.distributed.all_reduce(loss)
-                loss = loss / trainer.dist.world_size
-            return loss
-
-        return closure
-
-    def span_residual(self, trainer: Trainer) -> float | None:
-        """‖(θ − θ_ref) − PᵀP(θ − θ_ref)‖ / ‖θ − θ_ref‖ of the current parameters (≈ 0)."""
-        if self.basis is None or not self._params:
-            return None
-        p = self.basis.double().cpu()
-        diff = flat_params(self._params).double().cpu() - self.reference.double().cpu()
-        norm = float(diff.norm())
-        return float((diff - p.T @ (p @ diff)).norm()) / norm if norm > 0 else 0.0
+    def finalize(self, model: nn.Module | None = None, *, optimizer: Any = None,
+                 dense_rows: list[dict[str, Any]] | None = None, **kwargs: Any
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+        """`(model, subspace_report(...))`; the model is trained in place (no conversion)."""
+        return (model if model is not None else self.model,
+                subspace_report(self, optimizer, dense_rows))
 
 
 # ----- report ----------------------------------------------------------------------------------
@@ -349,15 +230,14 @@ def _reach(rows: list[dict[str, Any]], level: float) -> dict[str, Any] | None:
     return None
 
 
-def _target(hook: SubspaceHook, cfg: SubspaceConfig) -> dict[str, Any] | None:
-    """Epochs/seconds until phase 2 reaches the target accuracy (a dense run's final test_acc
-    or `target_acc`): phase-2 epochs, and totals that include phase 1 and the PCA."""
-    from rankwise.train import read_metrics
-
-    goal, source, dense = cfg.target_acc, "target_acc", None
+def _target(sub: SubspaceTraining, dense: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Epochs/seconds until phase 2 reaches the target accuracy (a dense run's final test_acc,
+    from its epoch rows `dense`, or `target_acc`): phase-2 epochs, and totals that include
+    phase 1 and the PCA."""
+    cfg = sub.cfg
+    goal, source = cfg.target_acc, "target_acc"
     if cfg.dense_run:
-        dense = [r for r in read_metrics(cfg.dense_run) if r.get("event") == "epoch"]
-        accs = [r["test_acc"] for r in dense if isinstance(r.get("test_acc"), (int, float))]
+        accs = [r["test_acc"] for r in dense or [] if isinstance(r.get("test_acc"), (int, float))]
         if not accs:
             raise ConfigError(f"subspace: --subspace-dense-run {cfg.dense_run} has no evaluated "
                               "epoch in metrics.jsonl; point it at a finished `rankwise train` run")
@@ -366,8 +246,8 @@ def _target(hook: SubspaceHook, cfg: SubspaceConfig) -> dict[str, Any] | None:
     if goal is None:
         return None
     level = goal - cfg.target_tolerance
-    hit = _reach([r for r in hook.history if r["phase"] == 2], level)
-    t1 = hook.timings["phase1_train_s"] + hook.timings["pca_s"]
+    hit = _reach([r for r in sub.history if r["phase"] == 2], level)
+    t1 = sub.timings["phase1_train_s"] + sub.timings["pca_s"]
     return {"acc": goal, "source": source, "tolerance": cfg.target_tolerance,
             "subspace": None if hit is None else {
                 "phase2_epochs": hit["epoch"] - cfg.sample_epochs, "phase2_train_s":
@@ -375,113 +255,29 @@ def _target(hook: SubspaceHook, cfg: SubspaceConfig) -> dict[str, Any] | None:
             "dense": None if dense is None else _reach(dense, level)}
 
 
-def subspace_report(hook: SubspaceHook, trainer: Trainer, cfg: SubspaceConfig) -> dict[str, Any]:
+def subspace_report(sub: SubspaceTraining, optimizer: Any = None,
+                    dense_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON-able content of `subspace_report.json` (see the module docstring)."""
     def best(rows: list[dict[str, Any]]) -> float | None:
         return max((r["test_acc"] for r in rows if isinstance(r.get("test_acc"), (int, float))),
                    default=None)
 
-    rows = hook.history
+    cfg, rows = sub.cfg, sub.history
     report = {
-        "method": "subspace", "config": METHOD.config_to_dict(cfg), "d": cfg.dim,
-        "t": cfg.sample_epochs, "samples": hook.num_samples,
-        "D": sum(p.numel() for p in hook._params), "pca": hook.pca_info,
-        "explained_variance_ratio_total": hook.pca_info.get("total_ratio"),
-        "timings": {**hook.timings, "total_train_s": sum(hook.timings.values())},
+        "method": "subspace", "config": to_dict(cfg), "d": cfg.dim,
+        "t": cfg.sample_epochs, "samples": sub.num_samples,
+        "D": sum(p.numel() for p in sub.params), "pca": sub.pca_info,
+        "explained_variance_ratio_total": sub.pca_info.get("total_ratio"),
+        "timings": {**sub.timings, "total_train_s": sum(sub.timings.values())},
         "epochs": rows, "final_test_acc": rows[-1].get("test_acc") if rows else None,
         "best_test_acc": best(rows), "best_phase2_test_acc": best([r for r in rows
                                                                    if r["phase"] == 2]),
-        "span_residual": hook.span_residual(trainer), "target": _target(hook, cfg)}
-    if isinstance(trainer.optimizer, ProjectedBFGS):
-        st = trainer.optimizer.sub_state
+        "span_residual": sub.span_residual(), "target": _target(sub, dense_rows)}
+    if isinstance(optimizer, ProjectedBFGS):
+        st = optimizer.sub_state
         report["line_search"] = {k: int(st.get(k, 0)) for k in
                                  ("step", "total_trials", "failed_searches", "skipped_updates")}
     return report
 
 
-# CLI: every config field is `--subspace-<field>` (dest `subspace_<field>`); extra aliases, help
-_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
-    "dim": ((), "d, PCA directions trained in phase 2"),
-    "sample_epochs": (("--sample-epochs",), "t, phase-1 SGD epochs (phase 2: --epochs − t)"),
-    "lr": ((), "phase-2 lr (P-SGD) / first line-search step (P-BFGS)"),
-    "milestones": ((), "phase-2 epochs where P-SGD's lr is multiplied by --subspace-gamma"),
-    "start": ((), "phase 2 restarts from the first sample (code) or continues from the last"),
-    "batch_size": ((), "phase-2 global batch (None: --batch-size)"),
-    "dense_run": ((), "a dense run dir: its final test accuracy is the target"),
-}
-_TYPES = {"batch_size": int, "target_acc": float, "dense_run": str}
-_CHOICES = {"optimizer": OPTIMIZERS, "start": STARTS, "pca_method": PCA_METHODS,
-            "line_search": LINE_SEARCHES}
-
-
-class SubspaceMethod(Method):
-    """`rankwise train --method subspace`: DLDR sampling → PCA → training d coordinates."""
-
-    name = "subspace"
-    config_class = SubspaceConfig
-    help = ("DLDR subspace training (Li et al. 2022): SGD for t epochs while sampling, PCA to d "
-            "directions, then P-SGD / P-BFGS on the d coordinates")
-
-    def add_arguments(self, parser: Any) -> None:
-        d = SubspaceConfig()
-        for f in dataclasses.fields(SubspaceConfig):
-            default = getattr(d, f.name)
-            aliases, text = _FLAGS.get(f.name, ((), "see SubspaceConfig"))
-            kw: dict[str, Any] = {"dest": f"subspace_{f.name}", "help": text}
-            if f.name == "milestones":
-                kw.update(default=",".join(map(str, default)))
-            elif f.name in _CHOICES:
-                kw.update(default=default, choices=_CHOICES[f.name])
-            else:
-                kw.update(default=default, type=_TYPES.get(f.name, type(default)))
-            flags = (f"--subspace-{f.name.replace('_', '-')}", *aliases)
-            try:
-                parser.add_argument(*flags, **kw)
-            except argparse.ArgumentError:  # an unprefixed alias another method already took
-                parser.add_argument(flags[0], **kw)
-
-    def config_from_args(self, args: Any) -> SubspaceConfig:
-        d = SubspaceConfig()
-        kwargs = {f.name: getattr(args, f"subspace_{f.name}", getattr(d, f.name))
-                  for f in dataclasses.fields(SubspaceConfig)}
-        text = kwargs["milestones"]
-        if isinstance(text, str):
-            try:
-                kwargs["milestones"] = tuple(int(m) for m in text.split(",") if m.strip())
-            except ValueError as e:
-                raise ConfigError(f"--subspace-milestones {text!r}: expected phase-2 epochs "
-                                  "like 30,50") from e
-        return SubspaceConfig(**kwargs)
-
-    def hooks(self, cfg: SubspaceConfig) -> list[Hook]:
-        return [SubspaceHook(cfg)]
-
-    def finalize(self, trainer: Trainer, cfg: SubspaceConfig) -> dict[str, Any]:
-        """Write `subspace_report.json` + `subspace_basis.safetensors`; return a summary."""
-        hook = next((h for h in trainer.hooks if isinstance(h, SubspaceHook)), None)
-        if hook is None:
-            return {}
-        report = subspace_report(hook, trainer, cfg)
-        out = Path(trainer.out_dir)
-        if trainer.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / REPORT).write_text(json.dumps(report, indent=2, default=str))
-            if hook.basis is not None:
-                from safetensors.torch import save_file
-
-                save_file({"basis": hook.basis.detach().cpu().contiguous(),
-                           "reference": hook.reference.detach().cpu().contiguous(),
-                           "mean": hook.mean.detach().cpu().contiguous()}, str(out / BASIS))
-        target = report["target"] or {}
-        return {"d": cfg.dim, "t": cfg.sample_epochs, "optimizer": cfg.optimizer,
-                "explained_variance": report["explained_variance_ratio_total"],
-                "pca_s": hook.timings["pca_s"], "span_residual": report["span_residual"],
-                "best_test_acc": report["best_test_acc"],
-                "phase2_epochs_to_target": (target.get("subspace") or {}).get("phase2_epochs"),
-                "report": REPORT}
-
-
-METHOD = SubspaceMethod()
-
-__all__ = ["BASIS", "METHOD", "REPORT", "SubspaceConfig", "SubspaceHook", "SubspaceMethod",
-           "subspace_report"]
+__all__ = ["BASIS", "REPORT", "SubspaceConfig", "SubspaceTraining", "subspace_report"]

@@ -33,18 +33,20 @@ from rankwise.linalg.grouped import (
 from rankwise.linalg.spectra import ENERGY_TOL
 from rankwise.linalg.svd import thin_svd
 
-SCHEMES = ("channel", "spatial")
+SCHEMES = ("channel", "spatial", "nd")
 
 
 def matricize_weight(w: torch.Tensor, scheme: str, groups: int = 1) -> torch.Tensor:
-    """`W (n, c/g, kh, kw)` or `(out, in)` → `(g, p, q)`: the matrices TRP cuts, one per group.
+    """`W (n, c/g, kh, kw)` or `(out, in)` → `(B, p, q)`: the matrices TRP cuts.
 
-    channel (TRP "NC"): `(n/g, (c/g)·kh·kw)`; spatial (TRP "VH", transposed): `((n/g)·kw,
-    (c/g)·kh)`. A 2-D (linear) weight is one `(out, in)` matrix; a 1×1 conv is a matrix in
-    both schemes.
+    channel (TRP "NC"): one `(n/g, (c/g)·kh·kw)` per group; spatial (TRP "VH", transposed):
+    `((n/g)·kw, (c/g)·kh)` per group; nd (network decoupling): one `(c/g, kh·kw)` per output
+    filter (B = n). A 2-D (linear) weight is one `(out, in)` matrix.
     """
     if w.dim() == 2:
         return w.unsqueeze(0)
+    if scheme == "nd":
+        return w.reshape(w.shape[0], w.shape[1], -1)
     if scheme == "spatial":
         return spatial_matricize_groups(w, groups)
     return channel_matricize_groups(w, groups)
@@ -53,26 +55,27 @@ def matricize_weight(w: torch.Tensor, scheme: str, groups: int = 1) -> torch.Ten
 def unmatricize_weight(m: torch.Tensor, scheme: str, shape: Sequence[int]) -> torch.Tensor:
     """Inverse of `matricize_weight`: `(g, p, q)` → a tensor of `shape`."""
     shape = tuple(int(s) for s in shape)
-    if len(shape) == 2:
+    if len(shape) == 2 or scheme == "nd":
         return m.reshape(shape)
     if scheme == "spatial":
         return spatial_unmatricize_groups(m, shape)
     return channel_unmatricize_groups(m, shape)
 
 
-def batched_energy_ranks(s: torch.Tensor, energy: float) -> torch.Tensor:
+def batched_energy_ranks(s: torch.Tensor, energy: float, power: int = 2) -> torch.Tensor:
     """Energy ranks of a stack of spectra `s (B, k)` (descending) → int64 `(B,)`, same device.
 
-    Row-wise the same as `rankwise.linalg.spectra.energy_rank(s[i], energy)`: smallest r with
-    `Σ_{i≤r} σ_i² / Σ σ_i² ≥ energy − ENERGY_TOL` (float64), capped at the numerical rank
-    (σ > σ_max · k · eps(s.dtype)), at least 1. No host synchronisation.
+    With `power = 2`, row-wise the same as `rankwise.linalg.spectra.energy_rank(s[i], energy)`:
+    smallest r with `Σ_{i≤r} σ_i² / Σ σ_i² ≥ energy − ENERGY_TOL` (float64); `power = 1` sums σ
+    instead of σ². Capped at the numerical rank (σ > σ_max · k · eps(s.dtype)), at least 1.
+    No host synchronisation.
     """
     k = s.shape[-1]
     eps = torch.finfo(s.dtype).eps
     s64 = s.to(torch.float64)
     top = s64[:, :1]
     safe_top = torch.where(top > 0, top, torch.ones_like(top))
-    sq = (s64 / safe_top).square()
+    sq = (s64 / safe_top).pow(power)
     total = sq.sum(dim=1, keepdim=True)
     curve = torch.cumsum(sq, dim=1) / torch.where(total > 0, total, torch.ones_like(total))
     curve = torch.where(total > 0, curve, torch.ones_like(curve))
@@ -83,14 +86,15 @@ def batched_energy_ranks(s: torch.Tensor, energy: float) -> torch.Tensor:
 
 
 def trp_project(
-    mats: torch.Tensor, energy: float, approx: bool = True, subgrad: bool = True
+    mats: torch.Tensor, energy: float, approx: bool = True, subgrad: bool = True, power: int = 2
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """One TRP step on `mats (B, p, q)`: one `torch.linalg.svd` call for the whole stack.
 
     Returns `(approx (B, p, q) | None, subgrad (B, p, q) | None, ranks int64 (B,))` in `mats`'
     dtype and device: `approx = U_r Σ_r V_rᵀ` (None unless `approx`), `subgrad = U_r V_rᵀ`
-    (None unless `subgrad`), `r = energy rank` per matrix. The SVD runs in float32 (float64 for
-    float64 input). Raises `NonFiniteLossError` when the SVD fails (non-finite weights).
+    (None unless `subgrad`), `r = energy rank` per matrix (on σ^power). The SVD runs in
+    float32 (float64 for float64 input). Raises `NonFiniteLossError` when the SVD fails
+    (non-finite weights).
     """
     work = mats.detach().to(svd_dtype(mats.dtype))
     try:
@@ -100,7 +104,7 @@ def trp_project(
             f"TRP: SVD of a {tuple(mats.shape)} weight stack failed ({e}); the weights are not "
             "finite: lower the learning rate or the nuclear weight"
         ) from e
-    ranks = batched_energy_ranks(s, energy)
+    ranks = batched_energy_ranks(s, energy, power)
     keep = (torch.arange(s.shape[-1], device=s.device) < ranks.unsqueeze(1)).to(s.dtype)
     sub = ((u * keep.unsqueeze(1)) @ vh).to(mats.dtype) if subgrad else None
     low = ((u * (s * keep).unsqueeze(1)) @ vh).to(mats.dtype) if approx else None
@@ -112,7 +116,8 @@ def trp_flops(model: nn.Module, rows: list[Any], input_shape: tuple[int, ...]) -
 
     Every `nn.Conv2d` run by a forward on `input_shape`: FLOPs per output pixel (dense
     `n·(c/g)·kh·kw`; factorized `FORMAT.cost(spec, r, None)`, i.e. NC `c·kh·kw·r + r·n`, VH
-    `c·r·kh + n·r·kw`) × its output pixels. Linears (the FC) are excluded.
+    `c·r·kh + n·r·kw`, ND `(n·c + n·kh·kw)·r`) × its output pixels. Linears (the FC) are
+    excluded.
     """
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     seen = trace_inputs(model, input_shape, convs)

@@ -37,6 +37,14 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     return _entry(name)[1]
 
 
+ARCH_ATTR = "_rankwise_arch"
+
+
+def record_arch(model: nn.Module, spec: str, kwargs: dict[str, Any] | None = None) -> None:
+    """Attach `{"arch": spec, "arch_kwargs": kwargs}` to `model` (read by `recorded_arch`)."""
+    object.__setattr__(model, ARCH_ATTR, {"arch": spec, "arch_kwargs": dict(kwargs or {})})
+
+
 def create_model(name: str, num_classes: int = 10, in_channels: int | None = None,
                  **kw: Any) -> nn.Module:
     """Build model `name` with `num_classes` outputs.
@@ -54,4 +62,6 @@ def create_model(name: str, num_classes: int = 10, in_channels: int | None = Non
     if num_classes < 1:
         raise ConfigError(f"create_model({name!r}): num_classes={num_classes}, expected >= 1")
     channels = shape[0] if in_channels is None else int(in_channels)
-    return factory(num_classes=num_classes, in_channels=channels, **kw)
+    model = factory(num_classes=num_classes, in_channels=channels, **kw)
+    record_arch(model, name, {"num_classes": num_classes, "in_channels": channels, **kw})
+    return model

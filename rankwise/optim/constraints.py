@@ -1,8 +1,8 @@
 """SFW constraints: factory by name, radii from the initialization, and param groups for a model.
 
 The sets themselves live in `constraints_vector.py` (L2, L1, L∞, K-sparse, K-support,
-group-K-support) and `constraints_spectral.py` (nuclear, spectral-K-sparse, spectral-K-support);
-this module re-exports them.
+group-K-support), `constraints_lp.py` (Lp, any p ≥ 1) and `constraints_spectral.py` (nuclear,
+spectral-K-sparse, spectral-K-support); this module re-exports them.
 
 Radius convention (`lmo_mode='initialization'` of ZIB-IOL compression-aware-SFW, code): a
 layer's constraint gets the L2 diameter `D = 2 · width · E‖W_init‖_F`, the expectation taken over
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rankwise.errors import ConfigError
+from rankwise.optim.constraints_lp import LpBall
 from rankwise.optim.constraints_spectral import (
     NuclearBall,
     SpectralConstraint,
@@ -43,9 +44,9 @@ from rankwise.optim.constraints_vector import (
 )
 
 __all__ = [
-    "Constraint", "Unconstrained", "L2Ball", "L1Ball", "LInfBall", "KSparsePolytope",
+    "Constraint", "Unconstrained", "L2Ball", "L1Ball", "LInfBall", "LpBall", "KSparsePolytope",
     "KSupportBall", "GroupKSupportBall", "NuclearBall", "SpectralConstraint",
-    "SpectralKSparsePolytope", "SpectralKSupportBall", "CONSTRAINTS", "STRUCTURED",
+    "SpectralKSparsePolytope", "SpectralKSupportBall", "CONSTRAINTS", "STRUCTURED", "PARAMETRIC",
     "k_support_norm", "resolve_k", "make_constraint", "expected_init_norm", "radius_from_init",
     "diameter_from_init", "make_param_groups", "shift_model_to_feasible",
 ]
@@ -54,19 +55,24 @@ STRUCTURED = ("spectral-k-support", "spectral-k-sparse", "nuclear", "group-k-sup
 """Settings that constrain Conv2d weights only (and Linear weights if asked); L2 elsewhere."""
 
 CONSTRAINTS = (*STRUCTURED, "l2", "l1", "linf", "k-sparse", "k-support", "unconstrained")
+SPECTRAL = ("nuclear", "spectral-k-sparse", "spectral-k-support")
+PARAMETRIC = ("lp",)
+"""Sets that need an extra parameter (`p=`); accepted by `make_constraint`/`make_param_groups`
+but not in `CONSTRAINTS` (the names a caller can use with no further option)."""
 
 Shape = Sequence[int]
 
 
 def make_constraint(
     name: str, shape: Shape, *, k: int | float | None = None, radius: float | None = None,
-    diameter: float | None = None, **opts: Any,
+    diameter: float | None = None, p: float | None = None, **opts: Any,
 ) -> Constraint:
     """Constraint `name` for one parameter of `shape`, with exactly one of radius/diameter.
 
     `k` (count or fraction) is required by the K-sets: entries for k-sparse/k-support, output
     filters `shape[0]` for group-k-support, max rank `min(n, prod(shape[1:]))` for spectral ones.
-    `opts` (method, steps, warm_start, seed) go to the spectral sets only.
+    `p` (>= 1, `math.inf` allowed) is required by "lp". `opts` (method, steps, warm_start, seed)
+    go to the spectral sets only.
     """
     shape = tuple(int(s) for s in shape)
     numel = math.prod(shape)
@@ -76,8 +82,13 @@ def make_constraint(
         return (L2Ball if name == "l2" else L1Ball)(radius=radius, diameter=diameter)
     if name == "linf":
         return LInfBall(numel, radius=radius, diameter=diameter)
-    if name not in CONSTRAINTS:
-        raise ConfigError(f"unknown constraint {name!r}; choose one of {', '.join(CONSTRAINTS)}")
+    if name == "lp":
+        if p is None:
+            raise ConfigError("constraint 'lp' needs p= (an exponent >= 1, or inf)")
+        return LpBall(numel, p, radius=radius, diameter=diameter)
+    if name not in CONSTRAINTS + PARAMETRIC:
+        names = ", ".join(CONSTRAINTS + PARAMETRIC)
+        raise ConfigError(f"unknown constraint {name!r}; choose one of {names}")
     if name == "nuclear" or name in ("spectral-k-sparse", "spectral-k-support", "group-k-support"):
         if len(shape) < 2:
             raise ConfigError(
@@ -199,12 +210,12 @@ def make_param_groups(
     weight if `include_linear`) and an L2 ball on every other parameter (BN, biases, linear), as
     the paper does; other settings put `constraint` on every parameter. Parameters of modules
     without `reset_parameters()` use their current Frobenius norm (1 if zero). `constraint_opts`
-    (method, steps, warm_start, seed) are passed to spectral sets. The model is not modified.
+    (method, steps, warm_start, seed) are passed to spectral sets, `p` to "lp". The model is
+    not modified.
     """
-    if constraint not in CONSTRAINTS:
-        raise ConfigError(
-            f"unknown constraint {constraint!r}; choose one of {', '.join(CONSTRAINTS)}"
-        )
+    if constraint not in CONSTRAINTS + PARAMETRIC:
+        raise ConfigError(f"unknown constraint {constraint!r}; choose one of "
+                          f"{', '.join(CONSTRAINTS + PARAMETRIC)}")
     targets: tuple[type[nn.Module], ...] = (nn.Conv2d,)
     if include_linear:
         targets = (nn.Conv2d, nn.Linear)
@@ -230,8 +241,9 @@ def make_param_groups(
             else:
                 cur = float(torch.linalg.vector_norm(p.detach().to(torch.float64)))
                 d = 2.0 * width * (cur if cur > 0 else 1.0)
-            opts = constraint_opts if name in ("nuclear", "spectral-k-sparse",
-                                              "spectral-k-support") else {}
+            opts = {k_: v for k_, v in constraint_opts.items() if k_ != "p"}
+            if name not in SPECTRAL:
+                opts = {"p": constraint_opts.get("p")} if name == "lp" else {}
             try:
                 c = make_constraint(name, p.shape, k=k, diameter=d, **opts)
             except ConfigError as err:

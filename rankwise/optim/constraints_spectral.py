@@ -14,6 +14,17 @@ step's right basis kept in the optimizer state under `"lmo_basis"`, or an exact/
 (U, S, V the top singular triplets of `−G`; conventions of ZIB-IOL compression-aware-SFW, code.)
 The reference uses 20 power steps for the nuclear LMO and 10 block steps for the K-pair ones,
 from random starts; warm starts are a rankwise addition (`warm_start=False` restores the former).
+
+Default `method="auto"` (our choice, measured on one CPU thread): the **exact** top-K from a
+thin SVD on the tall side (`rankwise.linalg.svd.thin_svd`) wherever it is not slower than the
+power iteration, the power iteration elsewhere. For K pairs (K = 0.3 of the rank) the exact SVD
+was faster at every size we timed (ResNet-20's 19 convs: 2.3× faster than 10 warm-started block
+steps; 512×4608: 1.5 s vs 3.3 s), and 10 power steps from a cold start leave the vertex up to
+3 % short in `⟨G, v⟩` and 2–59 % away from the exact vertex as a tensor (warm-started: ≤ 0.04 %,
+≤ 18 %; `python -m rankwise.bench.sfw_cost`). For the top pair alone (nuclear) 20 power steps
+are cheaper from 128 rows up (256×2304: 26 ms vs 122 ms) and on par at 64×576, so "auto" takes
+the exact SVD when `min(p, q) <= AUTO_EXACT_MAX_SIDE` (64) and the power iteration
+above it. `method="power"` / `"exact"` / `"lowrank"` force one path.
 """
 
 from __future__ import annotations
@@ -24,10 +35,21 @@ from typing import Any
 import torch
 
 from rankwise.errors import ConfigError
+from rankwise.linalg.svd import thin_svd
 from rankwise.linalg.topk_svd import TopKSVD, topk_svd
 from rankwise.optim.constraints_vector import Constraint, k_support_norm, resolve_k, safe_div
 
-_METHODS = ("power", "exact", "lowrank")
+LMO_METHODS = ("auto", "exact", "power", "lowrank")
+AUTO_EXACT_MAX_SIDE = 64
+"""`method="auto"` on the top pair alone (nuclear): exact SVD up to this shorter side."""
+
+
+def exact_triplets(m: torch.Tensor, k: int) -> TopKSVD:
+    """Top-`k` triplets of `m (p, q)` from the thin SVD on the tall side (exact; float64 for
+    float64 input, float32 otherwise). The wide-side LAPACK call is 2–3× slower."""
+    a = m.detach().to(torch.float64 if m.dtype == torch.float64 else torch.float32)
+    u, s, vh = thin_svd(a)
+    return TopKSVD(u[:, :k], s[:k], vh[:k, :])
 
 
 class SpectralConstraint(Constraint):
@@ -37,8 +59,8 @@ class SpectralConstraint(Constraint):
         self, max_rank: int, k: int | float, ratio_of_k: bool, radius: float | None,
         diameter: float | None, method: str, steps: int, warm_start: bool, seed: int,
     ) -> None:
-        if method not in _METHODS:
-            raise ConfigError(f"{self.name}: method must be one of {_METHODS}, got {method!r}")
+        if method not in LMO_METHODS:
+            raise ConfigError(f"{self.name}: method must be one of {LMO_METHODS}, got {method!r}")
         if steps < 1:
             raise ConfigError(f"{self.name}: steps must be >= 1, got {steps}")
         self.max_rank = int(max_rank)
@@ -57,14 +79,25 @@ class SpectralConstraint(Constraint):
             )
         return xs[0].flatten(1)
 
+    def resolved_method(self, shape: tuple[int, ...]) -> str:
+        """The top-K path used for a matrix of `shape (p, q)` (see the module docstring)."""
+        if self.method != "auto":
+            return self.method
+        if self.k == 1 and min(shape) > AUTO_EXACT_MAX_SIDE:
+            return "power"
+        return "exact"
+
     def _triplets(self, neg_g: torch.Tensor, state: dict[str, Any] | None) -> TopKSVD:
         """Top-K triplets of `neg_g (p, q)`, warm-started from / saved to `state`."""
         k = min(self.k, min(neg_g.shape))
+        method = self.resolved_method(tuple(neg_g.shape))
+        if method == "exact":
+            return exact_triplets(neg_g, k)
         v0 = None
         if self.warm_start and state is not None:
             v0 = state.get("lmo_basis")
-        out = topk_svd(neg_g, k, self.method, steps=self.steps, v0=v0, seed=self.seed)
-        if self.warm_start and state is not None and self.method == "power":
+        out = topk_svd(neg_g, k, method, steps=self.steps, v0=v0, seed=self.seed)
+        if self.warm_start and state is not None and method == "power":
             state["lmo_basis"] = out.Vh.mT.contiguous()
         return out
 
@@ -83,7 +116,7 @@ class NuclearBall(SpectralConstraint):
 
     def __init__(
         self, radius: float | None = None, diameter: float | None = None, *,
-        method: str = "power", steps: int = 20, warm_start: bool = True, seed: int = 0,
+        method: str = "auto", steps: int = 20, warm_start: bool = True, seed: int = 0,
     ) -> None:
         super().__init__(1, 1, False, radius, diameter, method, steps, warm_start, seed)
 
@@ -112,7 +145,7 @@ class SpectralKSparsePolytope(SpectralConstraint):
 
     def __init__(
         self, max_rank: int, k: int | float, radius: float | None = None,
-        diameter: float | None = None, *, method: str = "power", steps: int = 10,
+        diameter: float | None = None, *, method: str = "auto", steps: int = 10,
         warm_start: bool = True, seed: int = 0,
     ) -> None:
         super().__init__(max_rank, k, True, radius, diameter, method, steps, warm_start, seed)
@@ -135,7 +168,7 @@ class SpectralKSupportBall(SpectralConstraint):
 
     def __init__(
         self, max_rank: int, k: int | float, radius: float | None = None,
-        diameter: float | None = None, *, method: str = "power", steps: int = 10,
+        diameter: float | None = None, *, method: str = "auto", steps: int = 10,
         warm_start: bool = True, seed: int = 0,
     ) -> None:
         super().__init__(max_rank, k, False, radius, diameter, method, steps, warm_start, seed)

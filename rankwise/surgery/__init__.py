@@ -1,10 +1,16 @@
 """Model surgery: `decompose()` rewrites layers (how), rank policies and budgets decide how much.
 
-`decompose.py` walks the model and swaps layers, `rank.py` holds the per-layer policies,
-`budget.py` the global params/MACs allocator, `report.py` what was done per layer.
+`decompose.py` walks the model and swaps layers; `candidates.py` says which layers may be
+factorized and why others stay dense; `foreign.py` exposes HF `Conv1D` and
+`nn.MultiheadAttention` projections as linears; `trace.py` runs the example inputs once (input
+shapes, MACs); `allocate.py` turns a rank policy into per-layer ranks (one call point, global
+budgets included); `apply.py` builds and swaps one layer; `rank.py` holds the per-layer
+policies, `budget.py` the global params/MACs allocator, `report.py` what was done per layer;
+`latency_*.py` the measured-latency budget (table, measurement, solver, policy).
 """
 
 from rankwise.surgery.decompose import DecomposeReport, decompose, reconstruct, to_dense
+from rankwise.surgery.latency_budget import LatencyBudget, allocate_latency
 from rankwise.surgery.rank import (
     VBMF,
     EffectiveRank,
@@ -18,6 +24,7 @@ from rankwise.surgery.rank import (
     parse_rank,
 )
 
-__all__ = ["VBMF", "DecomposeReport", "EffectiveRank", "Energy", "Fixed", "MacsBudget",
+__all__ = ["VBMF", "DecomposeReport", "EffectiveRank", "Energy", "Fixed", "LatencyBudget",
+           "MacsBudget", "allocate_latency",
            "ParamsBudget", "Ratio", "StableRank", "ValueThreshold", "decompose", "parse_rank",
            "reconstruct", "to_dense"]

@@ -43,6 +43,7 @@ from rankwise.surgery.budget import BudgetCandidate as BudgetCandidate
 from rankwise.surgery.budget import allocate_budget as allocate_budget
 from rankwise.surgery.budget import retained_energy as retained_energy
 from rankwise.surgery.budget import to_layer_rank as to_layer_rank
+from rankwise.surgery.latency_budget import parse_latency_budget
 
 Metric = Literal["params", "macs"]
 
@@ -283,7 +284,8 @@ class MacsBudget(_Budget):
 
 ACCEPTED_FORMS = (
     "fixed:8 | 8 | fixed:16,8 (one per rank dimension) | ratio:0.25 | energy:0.9 | value:0.05 | "
-    "erank | erank:1.5 | stable | stable:2 | vbmf | budget:params=0.3 | budget:macs=0.3"
+    "erank | erank:1.5 | stable | stable:2 | vbmf | budget:params=0.3 | budget:macs=0.3 | "
+    "budget:latency=0.5 | budget:latency_ms=120[,precision=bf16,batch=8,threads=1]"
 )
 _NUM = r"([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)"
 
@@ -316,4 +318,7 @@ def _parse(t: str) -> RankPolicy:
     m = re.fullmatch(r"budget:(params|macs)=" + _NUM, t)
     if m:
         return (ParamsBudget if m.group(1) == "params" else MacsBudget)(float(m.group(2)))
+    latency = parse_latency_budget(t)
+    if latency is not None:
+        return latency
     raise ConfigError(f"cannot parse rank {t!r}; accepted forms: {ACCEPTED_FORMS}")

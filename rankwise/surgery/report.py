@@ -29,7 +29,7 @@ class LayerRow:
 class DecomposeReport:
     """What `decompose` did, one row per visited layer, plus whole-model totals.
 
-    MACs are per sample (see `rankwise.analysis.profile`); None when `input_shape` was None.
+    MACs are per sample (see `rankwise.analysis.profile`); None when no example inputs were given.
     """
 
     rows: list[LayerRow]

@@ -1,12 +1,17 @@
-"""`TrainConfig`: every knob of the training loop (also the `rankwise train` flags)."""
+"""Run options declared once (`rankwise.options`): `TrainConfig` (the training loop),
+`DataConfig` (which data) and `ModelConfig` (which zoo model). Their fields generate the
+`rankwise train` flags, the validation, `config.json` and the Python constructors."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from rankwise import options
 from rankwise.errors import ConfigError
+from rankwise.options import option
 
 SCHEDULES = ("step", "cosine", "none")
 
@@ -25,71 +30,116 @@ class TrainConfig:
     `check_finite_every`: steps between NaN/Inf loss checks (each check is a device sync).
     """
 
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    wd_on_bn_bias: bool = True
-    schedule: str = "step"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    augment: bool = True
-    drop_last: bool = False
-    log_every: int = 50
-    eval_every: int = 1
-    eval_batch_size: int = 512
-    check_finite_every: int = 1
-    deterministic: bool | None = None
-    num_threads: int | None = None
-    quiet: bool = False
-    tensorboard: bool = False
+    epochs: int = option(1, help="training epochs", low=1)
+    batch_size: int = option(128, help="global batch (all DDP ranks)", low=1)
+    lr: float = option(0.1, help="peak learning rate", low=0.0)
+    momentum: float = option(0.9, help="SGD momentum", low=0.0, high=1.0, high_open=True)
+    nesterov: bool = option(False, help="Nesterov momentum")
+    weight_decay: float = option(1e-4, help="weight decay", low=0.0, flag="wd",
+                                 aliases=("--weight-decay",))
+    wd_on_bn_bias: bool = option(True, help="weight decay on BatchNorm parameters and biases "
+                                             "(--no-wd-on-bn-bias: none on them)")
+    schedule: str = option("step", help="lr schedule", choices=SCHEDULES)
+    milestones: list[int] = option(help="epochs where the step schedule decays lr", low=1,
+                                   default_factory=list)
+    gamma: float = option(0.1, help="step decay factor", low=0.0, low_open=True)
+    warmup_epochs: float = option(0.0, help="linear warm-up epochs", low=0.0, flag="warmup",
+                                  aliases=("--warmup-epochs",))
+    label_smoothing: float = option(0.0, help="label smoothing", low=0.0, high=1.0,
+                                    high_open=True)
+    seed: int = option(0, help="seed of init, shuffling and augmentation")
+    device: str = option("cpu", help="cpu, cuda or cuda:N")
+    precision: str = option("fp32", help="bf16: bfloat16 autocast on CPU (AVX-512-bf16/AMX) "
+                                         "or CUDA", choices=("fp32", "bf16"))
+    channels_last: bool = option(False, help="NHWC memory format (faster on CPU and CUDA)")
+    compile: bool = option(False, help="torch.compile the model")
+    augment: bool = option(True, help="crop/flip augmentation (--no-augment: none)")
+    drop_last: bool = option(False, help="drop the last incomplete batch of an epoch")
+    log_every: int = option(50, help="steps between metric lines", low=1)
+    eval_every: int = option(1, help="epochs between test evaluations", low=1)
+    eval_batch_size: int = option(512, help="batch size of the test evaluation", low=1)
+    check_finite_every: int = option(1, help="steps between NaN/Inf loss checks", low=1)
+    deterministic: bool | None = option(None, help="deterministic kernels (none: on for CPU, "
+                                                   "off for CUDA)")
+    num_threads: int | None = option(None, help="torch CPU threads", low=1)
+    quiet: bool = option(False, help="no progress bar; one-line summary")
+    tensorboard: bool = option(False, help="also log to OUT/tb")
 
     def __post_init__(self) -> None:
-        self.milestones = [int(m) for m in self.milestones]
+        if isinstance(self.milestones, tuple):
+            self.milestones = list(self.milestones)
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and the accepted range."""
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr >= 0, "lr must be >= 0"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.precision in ("fp32", "bf16"), "precision must be 'fp32' or 'bf16'"),
-            (all(m >= 1 for m in self.milestones), "milestones must be epochs >= 1"),
-            (self.gamma > 0, "gamma must be > 0"),
-            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (self.log_every >= 1 and self.eval_every >= 1, "log_every/eval_every must be >= 1"),
-            (self.check_finite_every >= 1, "check_finite_every must be >= 1"),
-            (self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(f"TrainConfig: {msg} (got {self.to_dict()})")
+        options.validate(self)
         if self.nesterov and self.momentum == 0:
             raise ConfigError("TrainConfig: nesterov needs momentum > 0; set momentum=0.9")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""
-        return dataclasses.asdict(self)
+        return options.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of `to_dict`; unknown keys raise ConfigError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown fields {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return options.from_dict(cls, d)
+
+
+@dataclass
+class DataConfig:
+    """Which data a run trains on. `synthetic` uses the model's default input shape.
+
+    `offline=True` never downloads; `download=True` fetches a missing dataset; neither leaves
+    the choice to the data layer's default.
+    """
+
+    dataset: str = option(help="mnist, fashion-mnist, cifar10, cifar100 or synthetic")
+    data_dir: str | None = option(None, help="where the dataset files are")
+    download: bool = option(False, help="download a missing dataset")
+    offline: bool = option(False, help="never download (fail if the data is missing)")
+    limit_train: int | None = option(None, help="use the first N train samples", low=1)
+    limit_test: int | None = option(None, help="use the first N test samples", low=1)
+    synthetic_size: int = option(512, help="samples per split of --dataset synthetic", low=1)
+
+    def __post_init__(self) -> None:
+        options.validate(self)
+        if self.download and self.offline:
+            raise ConfigError("DataConfig: --download and --offline contradict; give one")
+
+    @property
+    def download_mode(self) -> bool | None:
+        """False when offline, True when asked to download, None for the default."""
+        return False if self.offline else (True if self.download else None)
+
+
+@dataclass
+class ModelConfig:
+    """Which zoo model (`rankwise.models.create_model`) a run trains."""
+
+    name: str = option(help="zoo name, e.g. resnet20 (rankwise.models)", flag="model")
+    width: int | None = option(None, help="width multiplier/base width", low=1)
+
+    def __post_init__(self) -> None:
+        options.validate(self)
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless `device` exists here (e.g. `cuda` on a machine without CUDA)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a device name ({e}); use cpu or cuda") \
+            from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine; "
+                              "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                              "devices; pick a lower index")
+    elif dev.type == "meta":
+        raise ConfigError("--device meta cannot train; use cpu or cuda")
+
+
+__all__ = ["SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig", "check_device"]

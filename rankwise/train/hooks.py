@@ -2,8 +2,8 @@
 
 Call order per step: `on_batch_start` → forward → loss + Σ `extra_loss` → backward →
 `after_backward` (grads present) → `optimizer.step()` → `after_step` → lr schedule step.
-This module imports nothing from rankwise so that `rankwise.methods` can subclass `Hook`
-without pulling in the trainer.
+The methods themselves are loop-agnostic objects (`rankwise.methods`); the hooks that drive
+them from this loop are in `rankwise.train.method_hooks`.
 """
 
 from __future__ import annotations

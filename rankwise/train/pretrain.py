@@ -48,9 +48,9 @@ def decompose_and_finetune(model: nn.Module, train_data, test_data, format: str 
     """Decompose `model`, then fine-tune it `epochs` epochs; returns `(model, report)`.
 
     `train_data` / `test_data`: `ImageDataset`s (uint8 (N, C, H, W) images). `format` / `rank` /
-    `decompose_kwargs` go to `rankwise.surgery.decompose` (`input_shape` defaults to
-    `train_data.shape`; `inplace` defaults to False, so the caller's `model` keeps its weights
-    unless asked; it is moved to the config's device). `train_cfg` (default
+    `decompose_kwargs` go to `rankwise.surgery.decompose` (without `example_inputs`, the input
+    shape is `train_data.shape`; `inplace` defaults to False, so the caller's `model` keeps its
+    weights unless asked; it is moved to the config's device). `train_cfg` (default
     `default_finetune_config()`: lr 0.01, cosine) sets the fine-tuning
     recipe; its `epochs` is replaced by `epochs`, its `device` and `eval_batch_size` are also
     used for the evaluations. The trainer's run directory is `out_dir/finetune` (checkpoint per
@@ -82,7 +82,8 @@ def decompose_and_finetune(model: nn.Module, train_data, test_data, format: str 
     if epochs > 0:
         cfg = dataclasses.replace(cfg, epochs=int(epochs))
     device = torch.device(cfg.device)
-    decompose_kwargs.setdefault("input_shape", tuple(train_data.shape))
+    if decompose_kwargs.get("example_inputs") is None:
+        decompose_kwargs.setdefault("input_shape", tuple(train_data.shape))
     decompose_kwargs.setdefault("inplace", False)
 
     def measure(m: nn.Module) -> tuple[dict[str, float], float | None]:

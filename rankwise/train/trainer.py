@@ -8,39 +8,54 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.errors import CheckpointError, ConfigError, NonFiniteLossError
+from rankwise.errors import ConfigError, NonFiniteLossError
 from rankwise.train import distributed as D
+from rankwise.train.batches import (
+    LossFn,
+    batch_size_of,
+    evaluate_any,
+    make_train_loader,
+    to_device,
+)
 from rankwise.train.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
-    rng_state,
+    restore_trainer,
     save_checkpoint,
-    set_rng_state,
+    seed_everything,
+    trainer_state,
 )
-from rankwise.train.config import TrainConfig
-from rankwise.train.evaluate import autocast, evaluate
+from rankwise.train.config import TrainConfig, check_device
+from rankwise.train.evaluate import autocast
 from rankwise.train.hooks import Hook
-from rankwise.train.logger import RunLogger, make_progress
+from rankwise.train.logger import RunLogger, dumps, epoch_line, make_progress, repair_metrics
 from rankwise.train.optim import make_sgd
+from rankwise.train.rundir import RunLock, clean_stale_temporaries
 from rankwise.train.schedule import make_scheduler
 
 CONFIG = "config.json"
 
 
 class Trainer:
-    """Train `model` on `train_data` (an `ImageDataset`) with SGD (or `optimizer`) and `hooks`.
+    """Train `model` on `train_data` with SGD (or `optimizer`) and `hooks`.
+
+    `train_data`/`test_data`: an `ImageDataset` (batched, shuffled and augmented on the device
+    by `BatchLoader`; bitwise-exact resume) or any iterable of batches, e.g. a `DataLoader`
+    (`set_epoch(e)` is called when it has one; a schedule other than "none" needs `len()`).
+    Batches are `(x, y)` for the default cross-entropy; `loss_fn(model, batch) -> loss` (a
+    scalar tensor) replaces it for any other batch structure (then no accuracy is reported).
+    `lock=True` holds a `RunLock` on `out_dir` while `fit` writes (a second writer is refused).
 
     Writes into `out_dir` (rank 0 only): `config.json` (`{"train": cfg, **meta}`),
     `metrics.jsonl`, `checkpoint.pt` after every epoch, and the final weights via
@@ -54,17 +69,19 @@ class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, train_data, test_data,
                  out_dir: str | os.PathLike[str], hooks: Sequence[Hook] = (),
                  optimizer: torch.optim.Optimizer | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
-        from rankwise.data import BatchLoader
-
+                 meta: dict[str, Any] | None = None, loss_fn: LossFn | None = None,
+                 lock: bool = True) -> None:
         self.cfg = cfg
+        check_device(cfg.device)
         self.dist, self.device = D.setup(cfg.device)
         self.out_dir = Path(out_dir)
         self.hooks = list(hooks)
         self.meta = dict(meta or {})
         self.train_data, self.test_data = train_data, test_data
+        self.loss_fn, self.lock = loss_fn, lock
         self.epoch = 0
         self.global_step = 0
+        self.epoch_rows: list[dict[str, Any]] = []  # logged epoch metrics, kept in checkpoints
         self.should_stop = False
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -75,14 +92,8 @@ class Trainer:
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the "
                               f"{self.dist.world_size} DDP ranks; pick a multiple")
-        self.loader = BatchLoader(train_data, batch_size=cfg.batch_size // self.dist.world_size,
-                                  shuffle=True, augment=cfg.augment, device=self.device,
-                                  seed=cfg.seed, drop_last=cfg.drop_last,
-                                  rank=self.dist.rank, world_size=self.dist.world_size)
-        self.steps_per_epoch = len(self.loader)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"training set of {len(train_data)} samples gives no batch of "
-                              f"{cfg.batch_size}; lower batch_size or set drop_last=False")
+        self.loader, self.steps_per_epoch = make_train_loader(train_data, cfg, self.device,
+                                                              self.dist)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.epochs,
                                         self.steps_per_epoch, cfg.milestones, cfg.gamma,
                                         cfg.warmup_epochs)
@@ -113,15 +124,23 @@ class Trainer:
         """
         cfg = self.cfg
         previous_determinism = torch.are_deterministic_algorithms_enabled()
-        self._set_determinism()
+        lock = RunLock(self.out_dir) if self.is_main and self.lock else None
+        if lock is not None:
+            lock.acquire()
         try:
+            self._set_determinism()
             if self.is_main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
-                self.write_config()
-            if resume:
+            if lock is not None:  # only the lock holder may remove another writer's temporaries
+                clean_stale_temporaries(self.out_dir)
+            if resume:  # validated (digest, hooks, weights) before anything is rewritten
                 self.load_checkpoint()
+                if self.is_main:
+                    repair_metrics(self.out_dir, self.epoch, self.global_step, self.epoch_rows)
             else:
-                self._seed_everything(cfg.seed)
+                seed_everything(cfg.seed)
+            if self.is_main:
+                self.write_config()
             for hook in self.hooks:
                 hook.on_train_start(self)
             metrics: dict[str, float] = {}
@@ -132,17 +151,20 @@ class Trainer:
                     last = self.epoch + 1 == cfg.epochs
                     if last or (self.epoch + 1) % cfg.eval_every == 0:
                         metrics.update(self._evaluate())
+                    self._check_finite_metrics(metrics)
                     for hook in self.hooks:
                         hook.on_epoch_end(self, self.epoch, metrics)
                     self.epoch += 1
+                    self.epoch_rows.append(json.loads(dumps(metrics)))
+                    self.save_checkpoint()  # durable first: a kill never duplicates a row
                     self.logger.log({"event": "epoch", **metrics}, self.global_step)
-                    self.save_checkpoint()
                     if progress is not None:
-                        progress.console.print(_epoch_line(metrics, cfg.epochs), highlight=False)
+                        progress.console.print(epoch_line(metrics, cfg.epochs), highlight=False)
             if not metrics:  # resumed a run that had already finished
                 metrics = {"epoch": self.epoch, "step": self.global_step}
-            if "test_acc" not in metrics:  # stopped early before an evaluation
+            if "test_loss" not in metrics:  # stopped early before an evaluation
                 metrics.update(self._evaluate())
+                self._check_finite_metrics(metrics)
             for hook in self.hooks:
                 hook.on_train_end(self)
             if self.is_main:
@@ -152,12 +174,15 @@ class Trainer:
         finally:
             torch.use_deterministic_algorithms(previous_determinism)
             self.logger.close()
+            if lock is not None:
+                lock.release()
 
     def _train_epoch(self, progress) -> dict[str, float]:
         """One pass over the training set; returns rank-averaged train loss/acc and speed."""
         cfg = self.cfg
         self.forward_model.train()
-        self.loader.set_epoch(self.epoch)
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
@@ -166,15 +191,11 @@ class Trainer:
             task = progress.add_task(f"epoch {self.epoch + 1}/{cfg.epochs}",
                                      total=self.steps_per_epoch, loss=0.0, acc=0.0, ips=0.0)
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(self.loader):
+        for i, batch in enumerate(self.loader):
             step = self.global_step
             for hook in self.hooks:
                 hook.on_batch_start(self, step)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, cfg.precision):
-                logits = self.forward_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss, logits, y = self._loss(to_device(batch, self.device))
             total = loss
             for hook in self.hooks:
                 extra = hook.extra_loss(self, self.model)
@@ -192,9 +213,11 @@ class Trainer:
             self.scheduler.step()
             self.global_step += 1
 
-            loss_sum += loss.detach().double() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += int(y.shape[0])
+            k = batch_size_of(batch)
+            loss_sum += loss.detach().double() * k
+            if logits is not None:
+                correct += (logits.detach().argmax(1) == y).sum()
+            seen += k
             if self.global_step % cfg.log_every == 0:
                 self.logger.log({"event": "step", "epoch": self.epoch + 1,
                                  "step": self.global_step, "loss": loss.item(), "lr": self.lr},
@@ -210,9 +233,25 @@ class Trainer:
         if task is not None:
             progress.remove_task(task)
         n = max(float(totals[2]), 1.0)
-        return {"epoch": self.epoch + 1, "step": self.global_step,
-                "train_loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n,
-                "lr": self.lr, "time_s": elapsed, "images_per_s": float(totals[2]) / elapsed}
+        out = {"epoch": self.epoch + 1, "step": self.global_step,
+               "train_loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n,
+               "lr": self.lr, "time_s": elapsed, "images_per_s": float(totals[2]) / elapsed}
+        if self.loss_fn is not None:
+            del out["train_acc"]
+        return out
+
+    def _loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        """(loss, logits or None, labels or None) of one batch already on the device."""
+        if self.loss_fn is not None:
+            with autocast(self.device, self.cfg.precision):
+                return self.loss_fn(self.forward_model, batch).float(), None, None
+        x, y = batch
+        if self.cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.cfg.precision):
+            logits = self.forward_model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        return loss, logits, y
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -222,11 +261,21 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         """Test loss/acc of `model` (every rank evaluates the whole test set: identical)."""
-        if self.test_data is None:
-            return {}
-        r = evaluate(self.model, self.test_data, self.cfg.eval_batch_size, self.device,
-                     precision=self.cfg.precision, channels_last=self.cfg.channels_last)
-        return {"test_loss": r["loss"], "test_acc": r["acc"]}
+        return evaluate_any(self.model, self.test_data, self.loss_fn, self.cfg.eval_batch_size,
+                            self.device, self.cfg.precision, self.cfg.channels_last)
+
+    def _check_finite_metrics(self, metrics: dict[str, Any]) -> None:
+        """NonFiniteLossError when an epoch's train or test loss is NaN/Inf (a diverged run
+        must not be checkpointed, logged or reported as finished)."""
+        bad = {k: v for k, v in metrics.items() if k in ("train_loss", "test_loss")
+               and isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            kept = (f"the last good checkpoint {self.checkpoint_path} (after epoch {self.epoch})"
+                    " is kept" if self.epoch > 0 else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"{bad} after epoch {self.epoch + 1}/{self.cfg.epochs} with lr {self.lr:g}: the "
+                f"run diverged; {kept}. Lower the learning rate (--lr), add warm-up (--warmup) "
+                "or check the method's weights")
 
     def _check_finite(self, loss: torch.Tensor, step: int, batch: int) -> None:
         loss = loss.detach()
@@ -239,11 +288,6 @@ class Trainer:
             f"loss is {loss.item()} at global step {step} (epoch {self.epoch + 1}/"
             f"{self.cfg.epochs}, batch {batch}) with lr {self.lr:g}; {kept}. Lower the learning "
             "rate (--lr), add warm-up (--warmup) or check the method's extra loss weight")
-
-    def _seed_everything(self, seed: int) -> None:
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
 
     def _set_determinism(self) -> None:
         on = self.cfg.deterministic
@@ -258,8 +302,9 @@ class Trainer:
         """Write `out_dir/config.json`: `{"train": cfg, "world_size", **meta}`."""
         path = self.out_dir / CONFIG
         config = {"train": self.cfg.to_dict(), "world_size": self.dist.world_size, **self.meta}
-        path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-        return path
+        from rankwise.io.atomic import atomic_write
+
+        return atomic_write(path, dumps(config, indent=2, sort_keys=True).encode())
 
     def save_model(self, model: nn.Module | None = None,
                    extra_meta: dict[str, Any] | None = None) -> Path:
@@ -278,17 +323,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything `fit(resume=True)` needs, as tensors and plain types."""
-        loader_state = {"seed": self.cfg.seed, "epoch": self.epoch}
-        if hasattr(self.loader, "state_dict"):
-            loader_state["state"] = self.loader.state_dict()
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "hooks": [h.state_dict() for h in self.hooks], "epoch": self.epoch,
-                "global_step": self.global_step, "rng": rng_state(), "loader": loader_state,
-                "config": self.cfg.to_dict()}
+        return trainer_state(self)
 
     def save_checkpoint(self) -> Path | None:
-        """Atomically write `out_dir/checkpoint.pt` (rank 0 only)."""
+        """Atomically write `out_dir/checkpoint.pt` with its digest (rank 0 only)."""
         path = None
         if self.is_main:
             path = save_checkpoint(self.state_dict(), self.checkpoint_path)
@@ -296,39 +334,10 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Restore model, optimizer, schedule, hooks, counters and RNG from a checkpoint."""
+        """Restore model, optimizer, schedule, hooks, counters and RNG from a checkpoint
+        (CheckpointError on a damaged file or a mismatch, before anything is changed)."""
         path = Path(path) if path is not None else self.checkpoint_path
-        state = load_checkpoint(path)
-        if len(state.get("hooks", [])) != len(self.hooks):
-            raise CheckpointError(f"{path} holds state of {len(state['hooks'])} hooks, this run "
-                                  f"has {len(self.hooks)}: resume with the same --method/flags")
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: model weights do not match this architecture ({e}); "
-                                  "resume with the same --model/--width/--method") from e
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-        for hook, hook_state in zip(self.hooks, state.get("hooks", []), strict=True):
-            hook.load_state_dict(hook_state)
-        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
-        loader_state = state.get("loader", {})
-        if "state" in loader_state and hasattr(self.loader, "load_state_dict"):
-            self.loader.load_state_dict(loader_state["state"])
-        if "rng" in state:
-            set_rng_state(state["rng"])
-
-
-
-
-def _epoch_line(m: dict[str, float], epochs: int) -> str:
-    """`epoch 3/164  train loss 0.912 acc 68.1%  test loss 0.850 acc 71.0%  lr 0.1  4210 img/s`."""
-    text = (f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.3f} "
-            f"acc {100 * m['train_acc']:.1f}%")
-    if "test_loss" in m:
-        text += f"  test loss {m['test_loss']:.3f} acc {100 * m['test_acc']:.1f}%"
-    return text + f"  lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s"
+        restore_trainer(self, load_checkpoint(path), path)
 
 
 __all__ = ["CONFIG", "Trainer"]

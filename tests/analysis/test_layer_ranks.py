@@ -125,3 +125,11 @@ def test_measures_are_ordered_and_bounded(p, q, seed):
     assert ranks == sorted(ranks) and 1 <= ranks[0] and ranks[-1] <= s.max_rank
     assert 0.0 <= s.tail_energy <= 0.1 + 1e-9
     assert torch.allclose(weight_spectrum(w), torch.linalg.svdvals(w.double()))
+
+
+def test_non_finite_weight_is_refused_naming_the_layer():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    with torch.no_grad():
+        model[2].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ConfigError, match=r"^2: weight contains NaN"):
+        analyze_model(model)

@@ -108,3 +108,90 @@ def test_conv_macs_property(c, n, k, s, hw):
     prof = profile_model(model, (c, hw, hw), latency=False)
     out = model(torch.zeros(1, c, hw, hw))
     assert prof.macs == out.numel() * c * k * k  # every output value costs c·k·k MACs
+
+
+class _Attn(nn.Module):
+    """Self-attention written with matmuls (no nn.Linear for the scores)."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return (q @ k.transpose(-1, -2)).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_attention_matmuls_are_counted(fused):
+    t, d = 5, 8
+    if fused:
+        model = nn.MultiheadAttention(d, 2, batch_first=True)
+        x = torch.randn(1, t, d)
+        prof = profile_model(model, example_inputs=(x, x, x), latency=False)
+        projections = 4 * t * d * d  # q, k, v, out
+    else:
+        model = _Attn(d)
+        prof = profile_model(model, (t, d), latency=False)
+        projections = 3 * t * d * d
+    scores_and_mix = 2 * t * t * d  # Q Kᵀ and P V
+    assert prof.macs == projections + scores_and_mix
+    assert sum(r.macs for r in prof.rows) == prof.macs
+
+
+def test_sdpa_and_shared_module_counted_at_every_call():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.lin(self.lin(x))
+            return nn.functional.scaled_dot_product_attention(y, y, y)
+
+    prof = profile_model(Net(), (6, 4), latency=False)
+    assert prof.macs == 2 * 6 * 4 * 4 + 2 * 6 * 6 * 4
+    rows = {r.name: r for r in prof.rows}
+    assert rows["lin"].macs == 2 * 6 * 4 * 4 and rows["(root)"].macs == 2 * 6 * 6 * 4
+
+
+def test_example_inputs_dict_per_sample_and_bf16_latency():
+    class KW(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 6)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(input_ids))
+
+    ids = torch.zeros(4, 7, dtype=torch.long)  # batch 4: MACs are per sample
+    prof = profile_model(KW(), example_inputs={"input_ids": ids}, batch_sizes=(2,),
+                         min_run_time=0.01, precision="bf16")
+    assert prof.macs == 7 * 6 * 3 and prof.input_shape == (7,)
+    assert prof.precision == "bf16" and set(prof.latency) == {2}
+    assert prof.to_dict()["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        profile_model(KW(), example_inputs={"input_ids": ids}, precision="fp8")
+
+
+def test_meta_device_counts_and_refuses_latency():
+    with torch.device("meta"):
+        model = small_cnn()
+    prof = profile_model(model, (3, 8, 8), latency=False)
+    assert prof.macs == profile_model(small_cnn(), (3, 8, 8), latency=False).macs
+    with pytest.raises(ConfigError, match="meta device.*latency=False"):
+        profile_model(model, (3, 8, 8))
+
+
+def test_matches_fvcore_on_a_conv_net():
+    fvcore = pytest.importorskip("fvcore.nn")
+    from rankwise.models import create_model
+
+    model = create_model("resnet20").eval()
+    prof = profile_model(model, (3, 32, 32), latency=False)
+    fa = fvcore.FlopCountAnalysis(model, torch.zeros(1, 3, 32, 32))
+    fa.unsupported_ops_warnings(False)
+    ops = fa.by_operator()
+    assert prof.macs == ops["conv"] + ops["linear"]  # same convention for convs and linears
+    assert abs(prof.macs / fa.total() - 1) < 0.02  # fvcore also counts norm and pool elements

@@ -97,3 +97,26 @@ def test_latency_ratio_prefers_interleaved_reference(tmp_path):
     rows = summarize(run_cells([Cell("dense"), Cell("x")], run, tmp_path, progress=False))
     x = next(r for r in rows if r.method == "x")
     assert x.latency_x == pytest.approx(2.5)  # 5 / 2, not the dense row's 2 / 2
+
+
+def test_failures_are_summarised_in_one_short_line(tmp_path):
+    from rankwise.bench.harness import failure_line
+
+    long = "x" * 400
+    results = run_cells([Cell("boom/s0", {"boom": True, "why": long})],
+                        lambda c: (_ for _ in ()).throw(RuntimeError(f"bad\n{long}")), tmp_path,
+                        progress=False)
+    line = failure_line(results[0])
+    assert line.startswith("FAILED boom/s0: RuntimeError: bad") and len(line) <= 160
+    assert "\n" not in line and long not in line
+
+
+def test_cell_identity_changes_with_params_and_is_stored(tmp_path):
+    a, b = Cell("k", {"epochs": 1}), Cell("k", {"epochs": 3})
+    assert a.identity != b.identity and a.identity == Cell("k", {"epochs": 1}).identity
+    run_cells([a], lambda c: {"n": 1}, tmp_path, progress=False)
+    calls = []
+    run_cells([b], lambda c: calls.append(c.key) or {"n": 3}, tmp_path, progress=False)
+    assert calls == ["k"]
+    stored = json.loads((tmp_path / "cells" / a.filename).read_text())
+    assert stored["identity"] == b.identity and stored["result"] == {"n": 3}

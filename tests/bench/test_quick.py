@@ -15,17 +15,17 @@ from rankwise.bench.quick import (
     suite_cells,
 )
 from rankwise.bench.report import plot_pareto, summarize, to_markdown
-from rankwise.methods import METHODS
+from rankwise.train.recipes import RECIPES as METHODS
 
 TINY = dataclasses.replace(
     QUICK, name="tiny", dataset="synthetic",
     models=(SuiteModel("r20w4", "resnet20", {"width": 4}),),
     epochs=1, finetune=1, lr=0.05, batch_size=64, limit_train=None, limit_test=None,
-    levels=(0.5,), extra_train_args=("--synthetic-size", "128"), threads=1,
+    levels=(0.5,), data_options={"synthetic_size": 128}, threads=1,
     methods=tuple(m for m in ("dense", "pretrain", "trp", "sfw", "elrt", "elrt:channel",
                               "erank-reg:l1sv")
                   if m == "pretrain" or m.split(":")[0] in METHODS),
-    method_args={**QUICK.method_args, "erank-reg:l1sv": ("--erank-reg-measure", "l1sv")},
+    method_options={**QUICK.method_options, "erank-reg:l1sv": {"measure": "l1sv"}},
 )
 
 
@@ -70,3 +70,53 @@ def test_tiny_suite_runs_resumes_and_reports(tmp_path):
     assert json.dumps([r["result"] for r in again], sort_keys=True) == json.dumps(
         [r["result"] for r in results], sort_keys=True)
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
+
+
+def test_cell_identity_covers_every_result_changing_setting():
+    base = {c.key: c.identity for c in suite_cells(TINY)}
+    for change in ({"epochs": 2}, {"limit_train": 64}, {"lr": 0.1}, {"schedule": "step"},
+                   {"train_options": {"augment": True}},
+                   {"method_options": {**TINY.method_options, "trp": {"energy": 0.8}}}):
+        changed = {c.key: c.identity for c in suite_cells(dataclasses.replace(TINY, **change))}
+        assert changed.keys() == base.keys()
+        moved = [k for k in base if base[k] != changed[k]]
+        assert moved, change
+        if "method_options" in change:  # only the trp cells depend on trp's options
+            assert all("/trp@" in k for k in moved)
+
+
+def test_run_directories_are_named_by_their_settings(tmp_path):
+    from rankwise.bench.suite_runs import run_config
+
+    p = suite_cells(TINY)[0].params
+    a = run_config(TINY, p, "dense", tmp_path)
+    assert run_config(TINY, p, "dense", tmp_path).out == a.out
+    b = run_config(dataclasses.replace(TINY, epochs=2), p, "dense", tmp_path)
+    c = run_config(dataclasses.replace(TINY, threads=2), p, "dense", tmp_path)
+    assert b.out != a.out and c.out == a.out  # threads do not change the result
+
+
+def test_quick_section_renders_saved_results(tmp_path):
+    from rankwise.bench.benchmarks_md import render, write_report
+    from rankwise.bench.quick import save_results
+
+    env = {"command": "rankwise bench quick --save-results", "git_commit": "abc1234",
+           "machine": "x86_64", "date": "2026-01-01 00:00 UTC", "cpu_count": 2}
+    results = []
+    for c in suite_cells(TINY)[:2]:
+        m = c.params["method"]
+        results.append({"status": "done", "key": c.key, "params": c.params, "env": env,
+                        "result": {"group": "synthetic/r20w4", "method": m,
+                                   "level": "-" if m == "dense" else "0.5", "seed": 0,
+                                   "acc": 50.0 if m == "dense" else 40.0,
+                                   "params": 1000 if m == "dense" else 500, "macs": 10,
+                                   "train_seconds": 1.0, "epochs": 1}})
+    save_results(results, tmp_path / "quick", "tiny")
+    saved = [json.loads(p.read_text()) for p in sorted((tmp_path / "quick").glob("*.json"))]
+    assert {k for s in saved for k in s} >= {"command", "commit", "machine", "date", "seed",
+                                             "metrics"}
+    text = render(tmp_path)
+    assert "## Quick suite" in text and "abc1234" in text and "1 epochs" in text
+    assert text.count("| synthetic/r20w4 |") == 2 and "-10.00" in text
+    path = write_report(tmp_path / "BENCHMARKS.md", tmp_path)
+    assert path.read_text() == text

@@ -130,7 +130,15 @@ def test_cells_are_unique_and_quick_shrinks_imagenet_inputs():
     models = [c.params for c in quick if c.params["kind"] == "model"]
     assert {tuple(p["input_shape"]) for p in models if p["model"] == "resnet50"} == {(3, 112, 112)}
     assert {p["format"] for p in models} == {"channel", "spatial", "tucker2", "cp"}
-    assert all(c.params["threads"] == 2 for c in full)
+    assert all(c.params["threads"] == 2 for c in full if c.params["kind"] != "alloc")
+    alloc = [c.params for c in full if c.params["kind"] == "alloc"]
+    assert full[0].params["kind"] == "alloc"  # the allocator comparison runs first
+    assert {(p["model"], p["batch"], p["threads"], p["precision"]) for p in alloc} == {
+        (m, b, t, pr) for m in ("resnet50", "resnet56") for b in (1, 8) for t in (1, 2)
+        for pr in ("fp32", "bf16")}
+    assert {c.params["kind"] for c in speed.speed_cells(False, kinds=("alloc",))} == {"alloc"}
+    with pytest.raises(ConfigError):
+        speed.speed_cells(False, kinds=("nope",))
     with pytest.raises(ConfigError):
         speed.run_speed_cell(Cell("x", {"kind": "nope", "threads": 1}))
 

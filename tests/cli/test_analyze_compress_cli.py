@@ -39,6 +39,9 @@ def zoo(monkeypatch):
         return tiny(num_classes, in_channels)
 
     monkeypatch.setattr(rankwise.models, "create_model", create_model)
+    registry = getattr(rankwise.models, "registry", None)  # where name resolution looks it up
+    if registry is not None:
+        monkeypatch.setattr(registry, "create_model", create_model, raising=False)
 
 
 @pytest.fixture

@@ -35,6 +35,11 @@ def zoo(monkeypatch):
     monkeypatch.setattr(rankwise.models, "create_model", create_model, raising=False)
     monkeypatch.setattr(rankwise.models, "default_input_shape", lambda name: (3, 8, 8),
                         raising=False)
+    registry = getattr(rankwise.models, "registry", None)  # where name resolution looks it up
+    if registry is not None:
+        monkeypatch.setattr(registry, "create_model", create_model, raising=False)
+        monkeypatch.setattr(registry, "default_input_shape", lambda name: (3, 8, 8),
+                            raising=False)
 
 
 def test_decompose_then_load_and_profile(tmp_path, zoo, capsys):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from rankwise.cli import main
-from rankwise.methods import METHODS, Method
 from rankwise.train import Hook, read_metrics
+from rankwise.train.recipes import RECIPES as METHODS
+from rankwise.train.recipes import Recipe as Method
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["--model", "mlp", "--dataset", "synthetic", "--limit-train", "192", "--limit-test",
@@ -126,7 +127,7 @@ class CountSteps(Hook):
 
 class FakeMethod(Method):
     name = "fake"
-    config_class = FakeConfig
+    config_cls = FakeConfig
 
     def __init__(self):
         self.calls = []
@@ -201,3 +202,114 @@ def test_torchrun_two_processes(tmp_path):
     assert len(rows) == 1 and rows[0]["step"] == 3  # 192 samples / global batch 64
     summaries = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # only rank 0 prints
+
+
+# ----- run-directory rules, resume validation, divergence, refused no-ops (issue 13) --------
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_non_empty_out_is_refused_and_overwrite_swaps_only_on_success(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, epochs=1) == 0
+    before = _files(out)
+    assert train(out, epochs=1) == 2
+    assert "--resume" in capsys.readouterr().err and _files(out) == before
+    assert train(out, "--overwrite", "--lr", "1e6", epochs=1) == 2  # diverges: old run kept
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["run"]
+    assert train(out, "--overwrite", "--seed", "3", epochs=2) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == 3
+    assert [r["epoch"] for r in read_metrics(out) if r["event"] == "epoch"] == [1, 2]
+    assert train(out, "--resume", "--overwrite", epochs=2) == 2
+
+
+def test_leftovers_of_a_run_killed_before_its_first_checkpoint_are_cleared(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"event": "step", "step": 50, "loss": 2.3}\n')
+    assert train(out, epochs=1) == 0
+    assert [r["event"] for r in read_metrics(out)] == ["epoch"]
+
+
+def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, epochs=1) == 0
+    before = _files(out)
+    assert train(out, "--resume", "--batch-size", "64", epochs=2) == 2
+    err = capsys.readouterr().err
+    assert "batch_size" in err and "32" in err and "64" in err
+    assert train(out, "--resume", "--method", "trp", epochs=2) == 2
+    assert _files(out) == before
+    assert train(out, "--resume", "--quiet", epochs=2) == 0  # bookkeeping may change
+
+
+def test_diverged_run_exits_non_zero_and_json_stays_valid(tmp_path, capsys):
+    out = tmp_path / "run"  # BatchNorm keeps the train loss finite; the test loss is NaN
+    assert train(out, "--model", "resnet20", "--width", "4", "--limit-train", "64",
+                 "--limit-test", "32", "--lr", "1e6", epochs=1) != 0
+    assert "diverged" in capsys.readouterr().err
+    def no_nan(token):
+        raise AssertionError(f"invalid JSON token {token}")
+
+    for p in out.iterdir():
+        if p.suffix in (".json", ".jsonl"):
+            for line in p.read_text().splitlines() if p.suffix == ".jsonl" else [p.read_text()]:
+                json.loads(line, parse_constant=no_nan)
+    assert not (out / "summary.json").exists()
+
+
+def test_flags_of_another_method_are_refused(tmp_path, capsys):
+    assert train(tmp_path / "r", "--trp-energy", "0.8", epochs=1) == 2
+    err = capsys.readouterr().err
+    assert "--trp-energy" in err and "--method trp" in err
+    assert train(tmp_path / "r", "--method", "trp", "--sfw-k", "0.2", epochs=1) == 2
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_clean_error(tmp_path, capsys):
+    assert train(tmp_path / "r", "--device", "cuda", epochs=1) == 2
+    err = capsys.readouterr().err
+    assert "cuda" in err.lower() and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_existing_flag_still_parses():
+    from rankwise.cli import build_parser
+    from rankwise.cli.train import run_config_from_args
+
+    argv = ("train --model resnet20 --dataset cifar10 --epochs 40 --schedule cosine --lr 0.1 "
+            "--wd 1e-4 --batch-size 128 --precision bf16 --channels-last --num-threads 1 "
+            "--quiet --eval-every 1 --method trp --trp-scheme channel --trp-energy 0.9 "
+            "--trp-period 1 --nuclear-weight 3e-4 --out DIR --resume").split()
+    rc = run_config_from_args(build_parser().parse_args(argv))
+    t = rc.train
+    assert (t.epochs, t.schedule, t.lr, t.weight_decay, t.batch_size, t.precision,
+            t.channels_last, t.num_threads, t.quiet, t.milestones) == (
+        40, "cosine", 0.1, 1e-4, 128, "bf16", True, 1, True, [82, 122])
+    assert rc.method == "trp" and rc.resume and str(rc.out) == "DIR"
+    assert rc.method_config.nuclear_weight == 3e-4 and rc.method_config.energy == 0.9
+    old = ("train --model mlp --dataset synthetic --out D --width 2 --data-dir x --download "
+           "--synthetic-size 64 --limit-train 5 --limit-test 5 --momentum 0.8 --nesterov "
+           "--no-wd-on-bn-bias --milestones 3,5 --gamma 0.2 --warmup 1 --label-smoothing 0.1 "
+           "--no-augment --seed 4 --device cpu --compile --log-every 7 --tensorboard").split()
+    rc = run_config_from_args(build_parser().parse_args(old))
+    assert (rc.train.milestones, rc.train.warmup_epochs, rc.train.augment, rc.data.download,
+            rc.model.width, rc.train.wd_on_bn_bias) == ([3, 5], 1.0, False, True, 2, False)
+
+
+def test_python_run_is_what_the_cli_runs(tmp_path):
+    import rankwise
+    from rankwise.train.config import DataConfig, ModelConfig, TrainConfig
+
+    assert train(tmp_path / "cli", epochs=2) == 0
+    summary = rankwise.run(rankwise.RunConfig(
+        ModelConfig("mlp"), DataConfig("synthetic", limit_train=192, limit_test=96),
+        TrainConfig(epochs=2, batch_size=32, lr=0.05, schedule="cosine", milestones=[82, 122],
+                    quiet=True, num_threads=1), out=tmp_path / "api"))
+    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["test_loss"] == cli["test_loss"] and summary["params"] == cli["params"]

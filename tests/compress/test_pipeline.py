@@ -205,3 +205,59 @@ def test_report_is_json_and_rows_consistent(full_result):
             1 - row["nonzero_weight_params"] / row["weight_params"])
     with pytest.raises(KeyError, match="did not run"):
         run_pipeline(make_model(), PipelineConfig(), SHAPE).row("prune")
+
+
+# ------------------------------------------------------------- faults: NaN input, tampering
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_layer(value):
+    model = make_model()
+    with torch.no_grad():
+        model[3].weight[5, 2, 1, 1] = value
+    with pytest.raises(ConfigError, match=r"'3\.weight'.*layer 3.*NaN/Inf") as err:
+        run_pipeline(model, FULL, SHAPE)
+    assert "bug" not in str(err.value)
+
+
+def test_tampered_int8_payload_is_detected(tmp_path):
+    result = run_pipeline(make_model(), PipelineConfig(quantize="int8"), SHAPE)
+    out = save_compressed(result, tmp_path / "c")
+    f = out / INT8_FILE
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x01  # one int8 weight changed by one step: would load silently
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_compressed(out, model=make_model())
+
+
+def test_artifact_from_another_run_is_detected(tmp_path, full_result):
+    a = save_compressed(full_result, tmp_path / "a")
+    other = run_pipeline(make_model(seed=5), FULL, SHAPE)
+    b = save_compressed(other, tmp_path / "b")
+    (a / BLOB_FILE).write_bytes((b / BLOB_FILE).read_bytes())  # a blob that decodes fine
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_compressed(a, model=make_model())
+
+
+def test_edited_model_json_is_checked_against_the_artifact_header(tmp_path, full_result):
+    out = save_compressed(full_result, tmp_path / "c")
+    cfg = json.loads((out / "model.json").read_text())
+    name = next(iter(cfg["factorized"]))
+    rank = cfg["factorized"][name]["rank"]
+    cfg["factorized"][name]["rank"] = [r + 1 for r in rank] if isinstance(rank, list) \
+        else rank + 1
+    (out / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"has shape .*expects"):
+        load_compressed(out, model=make_model())
+
+
+def test_compressed_model_json_is_strict_json(tmp_path, full_result):
+    out = save_compressed(full_result, tmp_path / "c", meta={"acc": float("nan")})
+
+    def refuse(token):
+        raise AssertionError(f"invalid JSON token {token}")
+
+    cfg = json.loads((out / "model.json").read_text(), parse_constant=refuse)
+    assert cfg["meta"]["acc"] is None
+    assert len(cfg["meta"]["compressed"]["artifact_sha256"]) == 64

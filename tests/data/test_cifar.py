@@ -118,11 +118,13 @@ def test_truncated_pickle(tmp_path: Path) -> None:
         read_batch(path, "labels", 10)
 
 
-SHARED = Path("/work/shared/data/cifar10/cifar-10-batches-py")
+# The `../shared/data` search place (relative to the working directory), where a shared CIFAR-10
+# copy with placeholder filenames and its own md5s may live.
+SHARED = Path.cwd().parent / "shared" / "data" / "cifar10" / "cifar-10-batches-py"
 
 
 @pytest.mark.skipif(not (SHARED / "test_batch").is_file(),
-                    reason="shared CIFAR-10 copy not present at /work/shared/data/cifar10")
+                    reason="no shared CIFAR-10 copy under ../shared/data/cifar10")
 def test_real_shared_cifar10_test_split(tmp_path: Path) -> None:
     """The shared copy (placeholder filenames, own md5s) passes md5 verification."""
     ds = load_dataset("cifar10", train=False, data_dir=SHARED.parent, cache_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""download=True: mirrors, md5 check, atomic rename, tar extraction; network replaced by a fake."""
+"""Downloads: mirrors, md5 check, atomic rename, tar extraction, progress bar; network faked."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rankwise.errors import DatasetIntegrityError, DatasetNotFoundError
 
 
 def _fake_fetch(served: dict[str, Path], calls: list[str]):
-    def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
+    def fetch(url: str, dest: Path, timeout: float = 60.0, progress: bool | None = None) -> None:
         calls.append(url)
         if url not in served:
             raise OSError(f"no route to {url}")
@@ -76,9 +76,35 @@ def test_download_checksum_mismatch(tmp_path: Path, isolated: Path,
 
 def test_download_unreachable(tmp_path: Path, isolated: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(download, "_fetch", _fake_fetch({}, []))
-    with pytest.raises(DatasetNotFoundError, match="cannot download"):
-        load_dataset("fashion-mnist", True, data_dir=tmp_path / "dl", download=True)
+    """Every URL down: one error with the places looked at, each URL tried and the fixes."""
+    calls: list[str] = []
+    monkeypatch.setattr(download, "_fetch", _fake_fetch({}, calls))
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion-mnist", True)
+    msg = str(err.value)
+    first = msg.splitlines()[0]
+    assert "every download URL failed" in first and "network" in first
+    assert "apt-get install dataset-fashion-mnist" in first and "--data-dir" in first
+    assert len(calls) == 2 and "zalando" in calls[1]  # official S3, then the GitHub mirror
+    for url in calls:
+        assert f"  {url}: no route to {url}" in msg
+    assert f"  {isolated / 'home' / '.cache' / 'rankwise'}\n" in msg
+    assert f"  {isolated / 'usr-share-datasets' / 'fashion-mnist'}\n" in msg
+
+
+def test_every_dataset_has_official_url_and_a_mirror() -> None:
+    hosts = {"mnist": ("ossci-datasets", "lecun.com"),
+             "fashion-mnist": ("fashion-mnist.s3", "zalandoresearch/fashion-mnist"),
+             "cifar10": ("cs.toronto.edu", "bcebos.com"), "cifar100": ("cs.toronto.edu",
+                                                                     "bcebos.com")}
+    for name, (first, second) in hosts.items():
+        spec = sources.SPECS[name]
+        assert spec.archives
+        for archive in spec.archives:
+            assert len(archive.urls) == 2
+            assert first in archive.urls[0] and second in archive.urls[1]
+            assert all(u.endswith("/" + archive.filename) for u in archive.urls)
+            assert len(archive.md5) == 32
 
 
 def _cifar_archive(tmp_path: Path, evil: bool = False) -> Path:
@@ -107,6 +133,19 @@ def test_cifar_archive_download_and_extract(tmp_path: Path, isolated: Path,
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py"]  # archive removed
 
 
+def test_cifar_mirror_used_when_toronto_fails(tmp_path: Path, isolated: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = _cifar_archive(tmp_path)
+    _with_md5(monkeypatch, "cifar10", {"cifar-10-python.tar.gz": archive})
+    mirror = sources.SPECS["cifar10"].archives[0].urls[1]
+    calls: list[str] = []
+    monkeypatch.setattr(download, "_fetch", _fake_fetch({mirror: archive}, calls))
+    ds = load_dataset("cifar10", False, verify="structure")  # auto: into ~/.cache/rankwise
+    assert len(ds) == 5 and len(calls) == 2 and calls[1] == mirror
+    assert (isolated / "home" / ".cache" / "rankwise" / "cifar-10-batches-py" / "test_batch"
+            ).is_file()
+
+
 def test_cifar_archive_with_unsafe_member(tmp_path: Path, isolated: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _cifar_archive(tmp_path, evil=True)
@@ -118,16 +157,42 @@ def test_cifar_archive_with_unsafe_member(tmp_path: Path, isolated: Path,
     assert not (tmp_path / "escape.txt").exists() and list(root.iterdir()) == []
 
 
-def test_fetch_streams_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real `_fetch` copies what urlopen returns (urlopen itself faked: no network)."""
-    payload = gzip.compress(b"abc" * 1000)
+class _Response(io.BytesIO):
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        self.headers = {"Content-Length": str(len(payload))}
 
-    class Response(io.BytesIO):
-        def __enter__(self):  # noqa: ANN204
-            return self
+    def __enter__(self):  # noqa: ANN204
+        return self
 
-    monkeypatch.setattr(download.urllib.request, "urlopen",
-                        lambda url, timeout: Response(payload))
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_fetch_streams_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str], progress: bool) -> None:
+    """The real `_fetch` copies what urlopen returns (urlopen itself faked: no network); the
+    progress bar goes to stderr only when asked for (default: only on a terminal)."""
+    payload = gzip.compress(bytes(range(256)) * 2000)
+    opened: list[str] = []
+
+    def urlopen(request, timeout):  # noqa: ANN001, ANN202
+        opened.append(request.full_url)
+        assert timeout > 0 and request.get_header("User-agent")
+        return _Response(payload)
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", urlopen)
     dest = tmp_path / "f"
-    download._fetch("https://example.invalid/f.gz", dest)
-    assert dest.read_bytes() == payload
+    download._fetch("https://example.invalid/data/f.gz", dest, progress=progress)
+    assert dest.read_bytes() == payload and opened == ["https://example.invalid/data/f.gz"]
+    err = capsys.readouterr().err
+    assert ("f.gz" in err) == progress
+    if not progress:
+        assert err == ""
+
+
+def test_fetch_is_quiet_when_stderr_is_not_a_terminal(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(download.urllib.request, "urlopen",
+                        lambda request, timeout: _Response(b"x" * 5000))
+    download._fetch("https://example.invalid/g.gz", tmp_path / "g")  # pytest's stderr: no TTY
+    assert capsys.readouterr().err == "" and (tmp_path / "g").read_bytes() == b"x" * 5000

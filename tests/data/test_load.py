@@ -16,17 +16,30 @@ def test_missing_dataset_lists_every_path_and_fix(tmp_path: Path, isolated: Path
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANKWISE_DATA", str(tmp_path / "envdir"))
     with pytest.raises(DatasetNotFoundError) as err:
-        load_dataset("fashion-mnist", train=True, data_dir=tmp_path / "given")
+        load_dataset("fashion-mnist", train=True, download=False)
     msg = str(err.value)
-    expected_roots = [tmp_path / "given", tmp_path / "envdir",
-                      tmp_path / "usr-share-datasets" / "fashion-mnist",
-                      tmp_path / "work" / "shared" / "data", tmp_path / "abs-shared-data",
-                      tmp_path / "home" / ".cache" / "rankwise"]
+    expected_roots = [tmp_path / "envdir", tmp_path / "usr-share-datasets" / "fashion-mnist",
+                      tmp_path / "work" / "shared" / "data", tmp_path / "home" / ".cache" /
+                      "rankwise"]
     positions = [msg.index(f"  {root}\n") for root in expected_roots]
     assert positions == sorted(positions)  # listed in search order
-    assert f"{tmp_path / 'given' / 'FashionMNIST' / 'raw'}" in msg  # subfolders too
-    assert "download" in msg and "--data-dir" in msg and "apt-get install dataset-fashion-mnist" \
-        in msg
+    assert f"{tmp_path / 'envdir' / 'FashionMNIST' / 'raw'}" in msg  # subfolders too
+    first = msg.splitlines()[0]
+    assert "downloads are off (download=False" in first
+    assert "--data-dir" in first and "apt-get install dataset-fashion-mnist" in first
+    assert "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]" in msg
+
+
+def test_explicit_data_dir_is_the_only_place_looked(tmp_path: Path, isolated: Path,
+                                                    idx_writer) -> None:
+    idx_writer(tmp_path / "home" / ".cache" / "rankwise" / "mnist", train=True, n=2)
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist", True, data_dir=tmp_path / "given", verify="structure")
+    msg = str(err.value)
+    assert f"data_dir {tmp_path / 'given'} does not exist" in msg.splitlines()[0]
+    looked = [line.strip() for line in msg.splitlines() if line.startswith("  ")]
+    assert looked[0] == str(tmp_path / "given")
+    assert all(line.startswith(str(tmp_path / "given")) for line in looked)
 
 
 def test_search_order_data_dir_beats_env(tmp_path: Path, isolated: Path, idx_writer,

@@ -67,6 +67,11 @@ def fake_zoo(monkeypatch):
     monkeypatch.setattr(rankwise.models, "create_model", create_model, raising=False)
     monkeypatch.setattr(rankwise.models, "default_input_shape", lambda name: (3, 8, 8),
                         raising=False)
+    registry = getattr(rankwise.models, "registry", None)  # where name resolution looks it up
+    if registry is not None:
+        monkeypatch.setattr(registry, "create_model", create_model, raising=False)
+        monkeypatch.setattr(registry, "default_input_shape", lambda name: (3, 8, 8),
+                            raising=False)
 
 
 @pytest.mark.parametrize("fmt", sorted(RANKS))
@@ -235,3 +240,71 @@ def test_zoo_round_trip_when_available(tmp_path):
         cfg["arch_kwargs"] = {"width": 16}
         (tmp_path / "model.json").write_text(json.dumps(cfg))
         io.load(tmp_path)
+
+
+# ------------------------------------------------ tampering, meta device, strict JSON (faults)
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """Element counts of every conv/linear weight initialized off the meta device."""
+    seen: list[int] = []
+    for cls in (nn.Conv2d, nn.Linear):
+        real = cls.reset_parameters
+
+        def record(self, _real=real):
+            if not self.weight.is_meta:
+                seen.append(self.weight.numel())
+            return _real(self)
+
+        monkeypatch.setattr(cls, "reset_parameters", record)
+    return seen
+
+
+def test_edited_model_json_is_refused_before_allocating(tmp_path, fake_zoo, allocations):
+    io.save(factorized("channel"), tmp_path, arch="net", arch_kwargs={"width": 8})
+    cfg = json.loads((tmp_path / "model.json").read_text())
+    cfg["arch_kwargs"]["width"] = 100_000  # a 1 KB edit: 15 M conv weights (60 MB) if built
+    (tmp_path / "model.json").write_text(json.dumps(cfg))
+    allocations.clear()
+    with pytest.raises(CheckpointError, match="model.json|shape"):
+        io.load(tmp_path)
+    assert max(allocations, default=0) < 10_000
+
+
+def test_edited_spec_shape_is_checked_against_the_header(tmp_path, fake_zoo, allocations):
+    io.save(factorized("tucker2"), tmp_path, arch="net", arch_kwargs={"width": 8})
+    cfg = json.loads((tmp_path / "model.json").read_text())
+    cfg["factorized"]["conv"]["rank"] = [8, 8]  # saved (4, 3): tensors no longer fit
+    (tmp_path / "model.json").write_text(json.dumps(cfg))
+    allocations.clear()
+    with pytest.raises(CheckpointError, match=r"has shape .*expects"):
+        io.load(tmp_path)
+    assert allocations == []  # nothing was built for real before the check
+
+
+def test_saving_a_meta_model_is_refused_in_one_line(tmp_path):
+    with torch.device("meta"):
+        model = Net()
+    with pytest.raises(CheckpointError, match="meta device"):
+        io.save(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_model_json_stays_strict_json_with_nan_meta(tmp_path):
+    io.save(Net(), tmp_path, meta={"acc": float("nan"), "loss": [float("inf"), 1.0]})
+
+    def refuse(token):
+        raise AssertionError(f"invalid JSON token {token}")
+
+    cfg = json.loads((tmp_path / "model.json").read_text(), parse_constant=refuse)
+    assert cfg["meta"] == {"acc": None, "loss": [None, 1.0]}
+
+
+@pytest.mark.parametrize("shape", [[3, 100_000, 100_000], [0, 8], ["3"], [3, 8, 8, 8, 8]])
+def test_absurd_input_shape_is_refused(saved, shape):
+    cfg = json.loads((saved / "model.json").read_text())
+    cfg["input_shape"] = shape
+    (saved / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="input_shape"):
+        io.saved_input_shape(saved)

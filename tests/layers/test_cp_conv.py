@@ -152,3 +152,42 @@ def test_unsupported_layers():
         CPConv2d.from_spec(LinearSpec(4, 4), 1)
     with pytest.raises(TypeError):
         CPConv2d.from_dense(nn.Conv2d(2, 2, 1), 1, bogus=1)
+
+
+def test_exact_method_is_exact_where_als_at_that_rank_is_not_guaranteed():
+    torch.manual_seed(3)
+    for conv in (nn.Conv2d(6, 6, 3, groups=6).double(), nn.Conv2d(4, 6, (3, 1)).double()):
+        spec = ConvSpec.from_conv(conv)
+        r = CPConv2d.exact_rank(conv.weight, spec)
+        assert r <= CPConv2d.max_rank(spec)[0]
+        layer = CPConv2d.from_dense(conv, r, method="exact")
+        assert torch.allclose(layer.dense_weight(), conv.weight, atol=1e-10)
+        if r < CPConv2d.max_rank(spec)[0]:
+            padded = CPConv2d.from_dense(conv, r + 1, method="exact")  # zero extra components
+            assert torch.allclose(padded.dense_weight(), conv.weight, atol=1e-10)
+    with pytest.raises(RankError, match="exact rank"):
+        CPConv2d.from_dense(nn.Conv2d(4, 4, 3), 1, method="exact")
+
+
+def test_n_iter_max_caps_sweeps_and_callback_reports_them():
+    torch.manual_seed(4)
+    conv = nn.Conv2d(8, 8, 3, groups=2)
+    seen: list[tuple[int, float]] = []
+    CPConv2d.from_dense(conv, 3, n_iter_max=4, tol=0.0, callback=lambda i, e: seen.append((i, e)))
+    assert [i for i, _ in seen] == [1, 2, 3, 4]  # groups are fitted together, one run
+    assert all(0.0 <= e <= 1.0 for _, e in seen)
+    with pytest.raises(TypeError, match="unknown option"):
+        CPConv2d.from_dense(conv, 3, iterations=4)
+
+
+def test_grouped_fit_matches_per_group_fit():
+    torch.manual_seed(5)
+    conv = nn.Conv2d(6, 4, 3, groups=2).double()
+    both = CPConv2d.from_dense(conv, 2, n_iter_max=30)
+    for k in range(2):
+        sub = nn.Conv2d(3, 2, 3).double()
+        with torch.no_grad():
+            sub.weight.copy_(conv.weight[2 * k:2 * k + 2])
+        one = CPConv2d.from_dense(sub, 2, n_iter_max=30)
+        assert torch.allclose(both.dense_weight()[2 * k:2 * k + 2], one.dense_weight(),
+                              atol=1e-8)

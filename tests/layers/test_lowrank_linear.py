@@ -175,3 +175,18 @@ def test_properties(i, o, bias, data):
     assert fresh.params() == lr.params() == numel(fresh)
     assert fresh(x.float()).shape == y.shape
     json.dumps(d)
+
+
+def test_weight_property_reads_like_a_linear():
+    dense = _linear(10, 6)
+    lr = LowRankLinear.from_dense(dense, 6)
+    assert lr.weight.shape == (6, 10) and lr.in_features == 10 and lr.out_features == 6
+    assert torch.allclose(lr.weight, dense.weight, atol=1e-10)
+    x = torch.randn(3, 10, dtype=torch.float64)
+    # code that calls F.linear(x, layer.weight, layer.bias) gets the same answer as forward
+    assert torch.allclose(torch.nn.functional.linear(x, lr.weight, lr.bias), lr(x), atol=1e-12)
+    lr.weight.sum().backward()  # differentiable w.r.t. the factors
+    assert lr.first.weight.grad is not None
+    assert "weight" not in dict(lr.named_parameters())
+    with pytest.raises(KeyError):
+        lr.weight = nn.Parameter(torch.zeros(6, 10))

@@ -15,15 +15,14 @@ from rankwise.errors import ConfigError
 from rankwise.layers import FORMATS
 from rankwise.layers.base import FactorizedLayer
 from rankwise.layers.shapes import ConvSpec
-from rankwise.methods import METHODS
 from rankwise.methods.elrt import (
+    ELRT,
     ELRTConfig,
-    ELRTMethod,
-    OrthogonalityHook,
     build_factorized,
     build_model,
 )
 from rankwise.methods.regularizers import gram_deviation, orthogonality_penalty
+from rankwise.train.recipes import RECIPES as METHODS
 
 SHAPE = (3, 12, 12)
 
@@ -139,16 +138,16 @@ def test_bad_config_values():
 
 
 def test_cli_flags_and_registration():
-    assert isinstance(METHODS["elrt"], ELRTMethod)
+    assert METHODS["elrt"].config_cls is ELRTConfig and METHODS["elrt"].builds_on_meta
     parser = argparse.ArgumentParser()
     METHODS["elrt"].add_arguments(parser.add_argument_group("elrt"))
     args = parser.parse_args(["--elrt-format", "cp", "--elrt-rank", "budget:macs=0.3",
                               "--elrt-orth-weight", "0.01", "--no-elrt-skip-first-conv",
-                              "--elrt-exclude", "fc,layer1.*"])
+                              "--elrt-exclude", "fc,layer1.*", "--elrt-init-dist", "uniform"])
     cfg = METHODS["elrt"].config_from_args(args)
     assert (cfg.format, cfg.rank, cfg.orth_weight) == ("cp", "budget:macs=0.3", 0.01)
     assert cfg.skip_first_conv is False and cfg.skip_classifier is True
-    assert cfg.exclude == ("fc", "layer1.*")
+    assert cfg.exclude == ("fc", "layer1.*") and cfg.init_distribution == "uniform"
     assert METHODS["elrt"].config_from_args(parser.parse_args([])) == ELRTConfig()
     d = METHODS["elrt"].config_to_dict(cfg)
     assert METHODS["elrt"].config_from_dict(json.loads(json.dumps(d))) == cfg
@@ -187,19 +186,34 @@ def test_short_run_lowers_loss_and_reloads(tmp_path):
         assert torch.equal(loaded(x), trainer.model.cpu()(x))
 
 
-def test_hook_adds_weighted_penalty_and_checkpoints():
+def test_object_penalty_is_weighted_and_checkpoints():
     model, _ = build_factorized(meta_tiny(), ELRTConfig(seed=0), SHAPE)
     with torch.no_grad():
         model.body[0].last.weight.mul_(1.5)
-    hook = OrthogonalityHook(0.1)
-    extra = hook.extra_loss(None, model).detach()  # type: ignore[arg-type, union-attr]
+    elrt = ELRT(model, orth_weight=0.1)
+    extra = elrt.penalty().detach()  # type: ignore[union-attr]
     assert float(extra) == pytest.approx(0.1 * float(orthogonality_penalty(model).detach()))
-    assert float(extra) > 0
-    assert OrthogonalityHook(0.0).extra_loss(None, model) is None  # type: ignore[arg-type]
-    hook.last = 1.25
-    other = OrthogonalityHook(0.1)
-    other.load_state_dict(hook.state_dict())
-    assert other.last == 1.25
+    assert float(extra) > 0 and elrt.last_penalty == pytest.approx(float(extra) / 0.1)
+    assert ELRT(model, orth_weight=0.0).penalty() is None
+    other = ELRT(model, orth_weight=0.1)
+    other.load_state_dict(elrt.state_dict())
+    assert other.last_penalty == elrt.last_penalty
+    # add_penalty_grad: the same gradient as adding the penalty to the loss
+    model.zero_grad()
+    elrt.add_penalty_grad()
+    g = model.body[0].last.weight.grad.clone()
+    model.zero_grad()
+    elrt.penalty().backward()  # type: ignore[union-attr]
+    assert torch.equal(g, model.body[0].last.weight.grad)
+
+
+def test_build_from_name_and_finalize_report():
+    elrt = ELRT.build("resnet20", rank="ratio:0.3", seed=1, model_kwargs={"width": 4})
+    assert elrt.input_shape == (3, 32, 32) and elrt.build_report is not None
+    assert any(isinstance(m, FactorizedLayer) for m in elrt.model.modules())
+    model, report = elrt.finalize()
+    assert model is elrt.model and report["params_ratio"] < 1
+    assert report["params"] == sum(p.numel() for p in model.parameters())
 
 
 def test_saved_resnet_reloads_identically(tmp_path):

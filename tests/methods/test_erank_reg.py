@@ -11,17 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import rankwise.methods as methods_pkg
-import rankwise.methods.erank_reg as erank_reg
 from rankwise.analysis.layer_ranks import analyze_model
 from rankwise.errors import ConfigError
 from rankwise.methods.erank_reg import (
-    METHOD,
+    EffectiveRankRegularizer,
     ERankRegConfig,
-    ERankRegHook,
     erank_measure,
     spectral_penalty,
 )
+from rankwise.train.recipes import get_recipe
+
+METHOD = get_recipe("erank-reg")
 
 
 def diag_linear(d: list[float]) -> nn.Linear:
@@ -102,25 +102,26 @@ def test_penalty_sums_over_conv_and_linear_layers():
         spectral_penalty(nn.Sequential(nn.Linear(2, 2)), include_linear=False)
 
 
-def test_hook_scales_and_respects_period():
+def test_object_scales_and_respects_period():
     model = nn.Sequential(nn.Linear(4, 3))
-    hook = ERankRegHook(ERankRegConfig(weight=0.5, period=2))
-    hook.on_batch_start(None, 0)
-    loss = hook.extra_loss(None, model)
+    reg = EffectiveRankRegularizer(model, weight=0.5, period=2)
+    reg.before_forward(0)
+    loss = reg.penalty()
     assert float(loss.detach()) == pytest.approx(
         0.5 * float(spectral_penalty(model).detach()), rel=1e-6)
-    hook.on_batch_start(None, 1)
-    assert hook.extra_loss(None, model) is None
-    state = hook.state_dict()
-    fresh = ERankRegHook(ERankRegConfig())
+    reg.before_forward(1)
+    assert reg.penalty() is None
+    state = reg.state_dict()
+    fresh = EffectiveRankRegularizer(model)
     fresh.load_state_dict(state)
     assert fresh.step == 1 and fresh.last_penalty == pytest.approx(state["last_penalty"])
-    assert ERankRegHook(ERankRegConfig(weight=0.0)).extra_loss(None, model) is None
+    assert EffectiveRankRegularizer(model, weight=0.0).penalty() is None
+    with pytest.raises(ConfigError, match="no nn.Conv2d"):
+        EffectiveRankRegularizer(model, include_linear=False)
 
 
 def test_method_contract_and_flags():
-    assert METHOD.name == "erank-reg"
-    assert methods_pkg._find_method(erank_reg) is METHOD
+    assert METHOD.name == "erank-reg" and METHOD.config_cls is ERankRegConfig
     parser = argparse.ArgumentParser()
     METHOD.add_arguments(parser)
     args = parser.parse_args(["--reg", "nuclear", "--reg-weight", "0.25", "--erank-reg-period",
@@ -148,12 +149,12 @@ def _train(reg_weight: float, steps: int = 100) -> nn.Module:
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
                           nn.Linear(32, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    hook = ERankRegHook(ERankRegConfig(weight=reg_weight))
+    reg = EffectiveRankRegularizer(model, weight=reg_weight)
     for step in range(steps):
-        hook.on_batch_start(None, step)
+        reg.before_forward(step)
         idx = torch.randint(0, 256, (64,), generator=g)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        extra = hook.extra_loss(None, model)
+        extra = reg.penalty()
         if extra is not None:
             loss = loss + extra
         opt.zero_grad()
@@ -182,7 +183,8 @@ def test_trainer_run_and_finalize_report(tmp_path):
     trainer = Trainer(model, TrainConfig(epochs=1, batch_size=32, lr=0.05, quiet=True,
                                          schedule="none"), train, test, tmp_path, hooks=hooks)
     trainer.fit()
-    assert hooks[0].last_penalty is not None and hooks[0].step == trainer.global_step - 1
+    reg = hooks[0].method
+    assert reg.last_penalty is not None and reg.step == trainer.global_step - 1
     summary = METHOD.finalize(trainer, cfg)
     assert summary["measure"] == "erank" and summary["layers"] == 2
     assert (tmp_path / "erank_report.json").is_file() and (tmp_path / "erank_report.md").is_file()

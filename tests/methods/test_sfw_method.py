@@ -13,17 +13,17 @@ from torch import nn
 from rankwise.data.synthetic import make_synthetic
 from rankwise.errors import ConfigError
 from rankwise.linalg.spectra import effective_rank
+from rankwise.methods.nuclear import NuclearRegularizer
 from rankwise.methods.sfw import (
     SFW_CONSTRAINTS,
     NuclearPenaltyConfig,
-    NuclearPenaltyMethod,
     SFWConfig,
-    SFWMethod,
     parse_k,
     rank_summary,
 )
 from rankwise.optim import SFW, make_param_groups
 from rankwise.train import Hook, TrainConfig, Trainer
+from rankwise.train.recipes import get_recipe
 
 torch.set_num_threads(1)
 
@@ -68,13 +68,13 @@ def _erank(w: torch.Tensor) -> float:
 def test_sfw_lowers_effective_rank_vs_sgd_same_seed(tmp_path, constraint):
     sgd = _fit(tmp_path / "sgd", lr=0.5)
     cfg = SFWConfig(constraint=constraint, k=0.3, width=1.0, sweep="none")
-    sfw = _fit(tmp_path / "sfw", SFWMethod(), cfg, lr=0.5)
+    sfw = _fit(tmp_path / "sfw", get_recipe("sfw"), cfg, lr=0.5)
     assert isinstance(sfw.optimizer, SFW)
     for name in ("c1", "c2"):
         e_sgd = _erank(sgd.model.get_submodule(name).weight)
         e_sfw = _erank(sfw.model.get_submodule(name).weight)
         assert e_sfw < 0.8 * e_sgd, (name, e_sfw, e_sgd)
-    summary = SFWMethod().finalize(sfw, cfg)
+    summary = get_recipe("sfw").finalize(sfw, cfg)
     assert summary["feasible"] and summary["max_norm_ratio"] <= 1 + 1e-4
     assert summary["constrained_groups"] == 6  # 2 conv weights + 2 conv biases + fc w, b
     assert summary["weighted_erank_ratio"] < rank_summary(sgd.model)["weighted_erank_ratio"]
@@ -85,7 +85,7 @@ def test_sfw_lowers_effective_rank_vs_sgd_same_seed(tmp_path, constraint):
 @pytest.mark.parametrize("constraint", SFW_CONSTRAINTS)
 def test_every_constraint_trains_and_ends_feasible(tmp_path, constraint):
     cfg = SFWConfig(constraint=constraint, k=0.3, width=1.0, sweep="none")
-    trainer = _fit(tmp_path, SFWMethod(), cfg, lr=0.5, epochs=1)
+    trainer = _fit(tmp_path, get_recipe("sfw"), cfg, lr=0.5, epochs=1)
     for g in trainer.optimizer.param_groups:
         c = g["constraint"]
         assert c.norm(g["params"]) <= c.radius * (1 + 1e-4), (constraint, g["name"])
@@ -98,7 +98,7 @@ def test_lr_schedule_acts_on_every_sfw_group_per_iteration(tmp_path):
     train, test = _data()
     tc = TrainConfig(epochs=1, batch_size=32, lr=0.4, quiet=True, augment=False,
                      schedule="cosine", weight_decay=0.0)
-    opt = SFWMethod().make_optimizer(model, tc, SFWConfig(sweep="none"))
+    opt = get_recipe("sfw").make_optimizer(model, tc, SFWConfig(sweep="none"))
     seen = []
 
     class Spy(Hook):
@@ -123,7 +123,7 @@ def test_make_optimizer_shifts_init_warns_on_wd_and_maps_options():
     assert "c1.weight" in outside  # the default init is not in this small ball
     tc = TrainConfig(lr=0.3, weight_decay=5e-4)
     with pytest.warns(UserWarning, match="weight decay"):
-        opt = SFWMethod().make_optimizer(model, tc, cfg)
+        opt = get_recipe("sfw").make_optimizer(model, tc, cfg)
     assert isinstance(opt, SFW)
     for g in opt.param_groups:
         assert g["constraint"].norm(g["params"]) <= g["constraint"].radius * (1 + 1e-5), g["name"]
@@ -132,14 +132,14 @@ def test_make_optimizer_shifts_init_warns_on_wd_and_maps_options():
         assert "weight_decay" not in g
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SFWMethod().make_optimizer(Tiny(), TrainConfig(weight_decay=0.0), cfg)
+        get_recipe("sfw").make_optimizer(Tiny(), TrainConfig(weight_decay=0.0), cfg)
 
 
 def test_resume_matches_straight_run(tmp_path):
     cfg = SFWConfig(constraint="spectral-k-support", k=2, width=1.0, sweep="none")
-    straight = _fit(tmp_path / "a", SFWMethod(), cfg, lr=0.5, epochs=2)
-    _fit(tmp_path / "b", SFWMethod(), cfg, lr=0.5, epochs=1)
-    resumed = _fit(tmp_path / "b", SFWMethod(), cfg, lr=0.5, epochs=2, resume=True)
+    straight = _fit(tmp_path / "a", get_recipe("sfw"), cfg, lr=0.5, epochs=2)
+    _fit(tmp_path / "b", get_recipe("sfw"), cfg, lr=0.5, epochs=1)
+    resumed = _fit(tmp_path / "b", get_recipe("sfw"), cfg, lr=0.5, epochs=2, resume=True)
     for k, v in straight.model.state_dict().items():
         assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6), k
 
@@ -158,13 +158,13 @@ def test_parse_k_and_config_validation_and_roundtrip():
     assert cfg.sweep_kinds() == ("filters",)
     assert SFWConfig().sweep_kinds() == ("lowrank",)
     assert SFWConfig(sweep="both").sweep_kinds() == ("lowrank", "filters")
-    method = SFWMethod()
+    method = get_recipe("sfw")
     back = method.config_from_dict(json.loads(json.dumps(method.config_to_dict(cfg))))
     assert back == cfg and isinstance(back.k, int)
 
 
 def test_flags_reach_the_config():
-    method = SFWMethod()
+    method = get_recipe("sfw")
     parser = argparse.ArgumentParser()
     method.add_arguments(parser)
     args = parser.parse_args(["--sfw-constraint", "k-support", "--sfw-k", "0.1", "--sfw-width",
@@ -209,18 +209,16 @@ def test_cli_train_sfw_end_to_end_iterates_feasible(tmp_path, constraint, kind):
 
 
 def test_nuclear_penalty_adds_full_svd_subgradient_to_every_conv(tmp_path):
-    method = NuclearPenaltyMethod()
+    method = get_recipe("nuclear-penalty")
     cfg = NuclearPenaltyConfig(weight=0.01, sweep_ratios=(0.0, 0.5))
-    (hook,) = method.hooks(cfg)
     torch.manual_seed(0)
     model = Tiny()
-    trainer = argparse.Namespace(model=model)
-    hook.on_train_start(trainer)
-    assert set(hook.targets) == {"c1", "c2"}  # the first conv too (TRP skips it by default)
+    reg = NuclearRegularizer(model, cfg)
+    assert set(reg.trp.targets) == {"c1", "c2"}  # the first conv too (TRP skips it by default)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    hook.on_batch_start(trainer, 0)
-    hook.after_backward(trainer, 0)
+    reg.before_forward(0)
+    reg.after_backward(0)
     for conv in (model.c1, model.c2):
         u, _, vh = torch.linalg.svd(conv.weight.detach().double().flatten(1),
                                     full_matrices=False)

@@ -14,11 +14,12 @@ from safetensors.torch import load_file
 from rankwise.cli import main
 from rankwise.data import BatchLoader, load_dataset
 from rankwise.errors import ConfigError
-from rankwise.methods import METHODS
-from rankwise.methods.subspace import BASIS, REPORT, SubspaceConfig, SubspaceHook, SubspaceMethod
+from rankwise.methods.subspace import BASIS, REPORT, SubspaceConfig, SubspaceTraining
 from rankwise.models import create_model
 from rankwise.optim.psgd import ProjectedBFGS, ProjectedSGD, flat_params, write_flat_
 from rankwise.train import TrainConfig, Trainer, read_metrics
+from rankwise.train.method_hooks import SubspaceHook
+from rankwise.train.recipes import RECIPES as METHODS
 
 torch.set_num_threads(1)
 CNN = ["--model", "smallcnn", "--width", "4", "--dataset", "synthetic", "--limit-train", "192",
@@ -39,7 +40,7 @@ def in_span_residual(theta: torch.Tensor, ref: torch.Tensor, p: torch.Tensor) ->
 
 def test_registered_with_cli_flags():
     method = METHODS["subspace"]
-    assert isinstance(method, SubspaceMethod)
+    assert method.config_cls is SubspaceConfig
     parser = argparse.ArgumentParser()
     method.add_arguments(parser)
     args = parser.parse_args(["--subspace-dim", "7", "--sample-epochs", "9",
@@ -78,17 +79,17 @@ def test_sampling_restart_and_buffers(tmp_path, monkeypatch):
     cfg = SubspaceConfig(dim=3, sample_epochs=2, samples_per_epoch=2, optimizer="pbfgs")
     trainer, hook = small_trainer(tmp_path, cfg, epochs=3)
     seen: dict = {}
-    original = SubspaceHook._switch
+    original = SubspaceTraining.switch
 
-    def spy(self, tr):
+    def spy(self):
         seen["samples"] = torch.stack(self.samples).clone()
         seen["init_buffers"] = {k: v.clone() for k, v in self.init_buffers.items()}
-        seen["before"] = flat_params(self._params)
-        original(self, tr)
-        seen["after"] = flat_params(self._params)
-        seen["buffers_after"] = {k: b.clone() for k, b in tr.model.named_buffers()}
+        seen["before"] = flat_params(self.params)
+        original(self)
+        seen["after"] = flat_params(self.params)
+        seen["buffers_after"] = {k: b.clone() for k, b in self.model.named_buffers()}
 
-    monkeypatch.setattr(SubspaceHook, "_switch", spy)
+    monkeypatch.setattr(SubspaceTraining, "switch", spy)
     trainer.fit()
     samples = seen["samples"]
     assert samples.shape[0] == 1 + 2 * 2  # initial point + k = 2 per epoch for t = 2 epochs
@@ -102,7 +103,7 @@ def test_sampling_restart_and_buffers(tmp_path, monkeypatch):
     # forwards restore them, so num_batches_tracked counts exactly the phase-2 steps
     tracked = [b for n, b in trainer.model.named_buffers() if n.endswith("num_batches_tracked")]
     assert tracked and all(int(b) == trainer.steps_per_epoch for b in tracked)
-    assert hook.phase == "subspace" and hook.basis.shape == (3, samples.shape[1])
+    assert hook.sub.phase == "subspace" and hook.sub.basis.shape == (3, samples.shape[1])
     assert trainer.optimizer.sub_state["step"] == trainer.steps_per_epoch
 
 
@@ -113,10 +114,10 @@ def test_start_last_continues_and_psgd_is_installed(tmp_path):
     trainer.fit()
     assert isinstance(trainer.optimizer, ProjectedSGD)
     assert trainer.lr == 1.0  # the phase-2 schedule drives the swapped optimizer
-    theta = flat_params(hook._params)
-    assert in_span_residual(theta, hook.reference, hook.basis) < 1e-5
+    theta = flat_params(hook.sub.params)
+    assert in_span_residual(theta, hook.sub.reference, hook.sub.basis) < 1e-5
     # the reference is the end of phase 1 (the last sample), not the initial point
-    assert float((hook.reference - init).norm()) > 1e-3
+    assert float((hook.sub.reference - init).norm()) > 1e-3
     rows = [r for r in read_metrics(tmp_path) if r["event"] == "epoch"]
     assert [r["subspace_phase"] for r in rows] == [1, 1, 2]
     assert 0 < rows[1]["subspace_explained_variance"] <= 1
@@ -198,3 +199,31 @@ def test_resume_across_the_switch_matches_an_uninterrupted_run(tmp_path):
     b = json.loads((tmp_path / "b" / REPORT).read_text())
     assert b["line_search"] == a["line_search"] and b["line_search"]["step"] == 4
     assert [r["test_acc"] for r in b["epochs"]] == [r["test_acc"] for r in a["epochs"]]
+
+
+def test_subspace_object_in_a_plain_loop():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    sub = SubspaceTraining(model, dim=2, sample_epochs=3, momentum=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sub.sample()
+    for _ in range(3):  # phase 1: plain SGD, one sample per "epoch"
+        for i in range(0, 64, 16):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 16]), y[i:i + 16]).backward()
+            opt.step()
+        sub.sample()
+    sub.switch()
+    assert torch.equal(flat_params(sub.params), sub.reference)  # start="first": the init
+    opt = sub.make_optimizer()
+    assert isinstance(opt, ProjectedSGD)
+    for i in range(0, 64, 16):
+        opt.zero_grad()
+        F.cross_entropy(model(x[i:i + 16]), y[i:i + 16]).backward()
+        opt.step()
+    assert sub.span_residual() < 1e-5
+    state = sub.state_dict()
+    other = SubspaceTraining(model, sub.cfg)
+    other.load_state_dict(state)
+    assert other.phase == "subspace" and torch.equal(other.basis, sub.basis)

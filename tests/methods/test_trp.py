@@ -1,10 +1,10 @@
-"""Trained Rank Pruning: per-step math, the trainer hook, finalize/report and the CLI."""
+"""Trained Rank Pruning: per-step math, the `TRP` object, the recipe, finalize/report, CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 
 from rankwise.errors import ConfigError
 from rankwise.linalg.spectra import effective_rank, energy_rank
-from rankwise.methods.trp import TRPConfig, TRPHook, TRPMethod, find_targets
+from rankwise.methods.trp import TRP, TRPConfig, find_targets
 from rankwise.methods.trp_ops import batched_energy_ranks, trp_flops, trp_project
 
 torch.set_num_threads(1)
@@ -52,8 +52,10 @@ def reference_matrix(w: torch.Tensor, scheme: str) -> torch.Tensor:
     return w.detach().double().permute(0, 3, 1, 2).reshape(n * kw, c * kh)
 
 
-def fake_trainer(model: nn.Module) -> SimpleNamespace:
-    return SimpleNamespace(model=model)
+def trp_hooks(cfg: TRPConfig) -> list:
+    from rankwise.train.recipes import get_recipe
+
+    return get_recipe("trp").hooks(cfg)
 
 
 # ----- pure math -----------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def test_mixed_ranks_in_one_batch():
                                                                dtype=torch.float64)))
 
 
-# ----- the hook ------------------------------------------------------------------------------
+# ----- the TRP object ----------------------------------------------------------------------
 
 
 def test_default_targets_skip_first_conv_1x1_and_fc():
@@ -120,9 +122,8 @@ def test_default_targets_skip_first_conv_1x1_and_fc():
 def test_trp_step_cuts_each_target_to_its_energy_rank(scheme):
     m = tiny(1)
     before = {n: reference_matrix(m.get_submodule(n).weight, scheme) for n in ("body", "down")}
-    hook = TRPHook(TRPConfig(scheme=scheme, energy=0.7))
-    hook.on_train_start(fake_trainer(m))
-    hook.on_batch_start(fake_trainer(m), 0)
+    hook = TRP(m, scheme=scheme, energy=0.7)
+    hook.before_forward(0)
     for name, mat in before.items():
         r = energy_rank(torch.linalg.svdvals(mat), 0.7)
         assert r < min(mat.shape)  # the cut is a real cut
@@ -137,13 +138,11 @@ def test_trp_step_cuts_each_target_to_its_energy_rank(scheme):
 def test_first_conv_and_1x1_untouched():
     m = tiny(2)
     keep = {n: m.get_submodule(n).weight.detach().clone() for n in ("stem", "point", "fc")}
-    hook = TRPHook(TRPConfig(nuclear_weight=0.5))
-    t = fake_trainer(m)
-    hook.on_train_start(t)
-    hook.on_batch_start(t, 0)
+    hook = TRP(m, nuclear_weight=0.5)
+    hook.before_forward(0)
     m(torch.randn(2, 3, 8, 8)).square().sum().backward()
     grads = {n: m.get_submodule(n).weight.grad.clone() for n in ("stem", "point", "fc", "body")}
-    hook.after_backward(t, 0)
+    hook.after_backward(0)
     for n, w in keep.items():
         assert torch.equal(m.get_submodule(n).weight, w)
         assert torch.equal(m.get_submodule(n).weight.grad, grads[n])
@@ -156,12 +155,10 @@ def test_nuclear_subgradient_equals_hand_value_on_a_conv():
     with torch.no_grad():
         model[1].weight.copy_(torch.diag(torch.tensor([3.0, 2.0, 1.0])).reshape(3, 1, 1, 3))
     lam = 0.25
-    hook = TRPHook(TRPConfig(nuclear_weight=lam, trp=False))
-    t = fake_trainer(model)
-    hook.on_train_start(t)
-    hook.on_batch_start(t, 0)
+    hook = TRP(model, TRPConfig(nuclear_weight=lam, trp=False))
+    hook.before_forward(0)
     model[1].weight.grad = torch.zeros_like(model[1].weight)
-    hook.after_backward(t, 0)
+    hook.after_backward(0)
     expected = lam * torch.diag(torch.tensor([1.0, 1.0, 0.0])).reshape(3, 1, 1, 3)
     torch.testing.assert_close(model[1].weight.grad, expected)
     assert torch.equal(model[1].weight.reshape(3, 3), torch.diag(torch.tensor([3.0, 2.0, 1.0])))
@@ -170,16 +167,16 @@ def test_nuclear_subgradient_equals_hand_value_on_a_conv():
 @pytest.mark.parametrize("trp", [False, True])
 def test_nuclear_term_and_truncation_only_every_m_steps(trp):
     m = tiny(3)
-    hook = TRPHook(TRPConfig(period=3, nuclear_weight=0.1, trp=trp))
-    t = fake_trainer(m)
-    hook.on_train_start(t)
+    hook = TRP(m, period=3, nuclear_weight=0.1, trp=trp)
     applied, changed = [], []
     for step in range(7):
         w0 = m.body.weight.detach().clone()
-        hook.on_batch_start(t, step)
+        hook.before_forward(step)
+        hook.before_forward(step)  # a second micro-batch of the same step: no second cut
         changed.append(not torch.equal(m.body.weight, w0))
         m.body.weight.grad = torch.zeros_like(m.body.weight)
-        hook.after_backward(t, step)
+        hook.after_backward(step)
+        hook.after_backward(step)  # applied once per step, however often it is called
         applied.append(bool(m.body.weight.grad.abs().sum() > 0))
         with torch.no_grad():  # an "SGD step" that brings the rank back up
             m.body.weight.add_(0.05 * torch.randn_like(m.body.weight))
@@ -191,26 +188,25 @@ def test_nuclear_term_and_truncation_only_every_m_steps(trp):
 def test_inactive_when_no_trp_and_no_nuclear_weight():
     m = tiny(4)
     w0 = m.body.weight.detach().clone()
-    hook = TRPHook(TRPConfig(trp=False, nuclear_weight=0.0))
-    hook.on_train_start(fake_trainer(m))
-    hook.on_batch_start(fake_trainer(m), 0)
+    hook = TRP(m, trp=False, nuclear_weight=0.0)
+    hook.before_forward(0)
     assert torch.equal(m.body.weight, w0) and hook.trp_steps == 0
 
 
 def test_state_dict_roundtrip():
     m = tiny(5)
-    hook = TRPHook(TRPConfig())
-    hook.on_train_start(fake_trainer(m))
-    hook.on_batch_start(fake_trainer(m), 0)
+    hook = TRP(m)
+    hook.before_forward(0)
     state = hook.state_dict()
-    other = TRPHook(TRPConfig())
+    other = TRP(tiny(6))
     other.load_state_dict(json.loads(json.dumps(state)))
     assert other.state_dict() == state and set(state["last_ranks"]) == {"body", "down"}
 
 
 @pytest.mark.parametrize("kw", [dict(energy=0.0), dict(energy=1.5), dict(period=0),
                                 dict(nuclear_weight=-1e-4), dict(value_threshold=-0.1),
-                                dict(scheme="nd"), dict(counting="flops"), dict(retrain=-1),
+                                dict(scheme="xx"), dict(counting="flops"), dict(energy_on="s3"),
+                                dict(retrain=-1),
                                 dict(decompose_rank="energy:2")])
 def test_config_errors(kw):
     with pytest.raises(ConfigError):
@@ -245,7 +241,7 @@ def _erank(w: torch.Tensor) -> float:
 
 def test_short_run_lowers_effective_rank_vs_plain(tmp_path):
     plain = _fit(tmp_path / "plain", [])
-    trp = _fit(tmp_path / "trp", [TRPHook(TRPConfig())])
+    trp = _fit(tmp_path / "trp", trp_hooks(TRPConfig()))
     for name in ("body", "down"):
         e_plain = _erank(plain.model.get_submodule(name).weight)
         e_trp = _erank(trp.model.get_submodule(name).weight)
@@ -253,46 +249,46 @@ def test_short_run_lowers_effective_rank_vs_plain(tmp_path):
 
 
 def test_resume_is_exact(tmp_path):
-    straight = _fit(tmp_path / "a", [TRPHook(TRPConfig(period=3))], epochs=2)
-    _fit(tmp_path / "b", [TRPHook(TRPConfig(period=3))], epochs=1)
-    resumed = _fit(tmp_path / "b", [TRPHook(TRPConfig(period=3))], epochs=2, resume=True)
+    straight = _fit(tmp_path / "a", trp_hooks(TRPConfig(period=3)), epochs=2)
+    _fit(tmp_path / "b", trp_hooks(TRPConfig(period=3)), epochs=1)
+    resumed = _fit(tmp_path / "b", trp_hooks(TRPConfig(period=3)), epochs=2, resume=True)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert straight.hooks[0].state_dict() == resumed.hooks[0].state_dict()
 
 
-@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "nd"])
 def test_decomposition_at_training_ranks_reproduces_outputs(tmp_path, scheme):
-    from rankwise.surgery.decompose import decompose
-    from rankwise.surgery.rank import Fixed
+    from rankwise.layers import FORMATS
 
     cfg = TRPConfig(scheme=scheme)
-    hook = TRPHook(cfg)
-    trained = _fit(tmp_path / "trp", [hook]).model
+    run = _fit(tmp_path / "trp", trp_hooks(cfg))
+    trained, hook = run.model, run.hooks[0].method
     plain = _fit(tmp_path / "plain", []).model
     hook.project(step=10**6)  # the truncation of the next step: exactly rank r per target
     ranks = hook.last_ranks
     x = torch.randn(16, 3, 8, 8)
 
     def rel_error(model: nn.Module) -> float:
-        fact = model
+        fact = copy.deepcopy(model)
         for name, r in ranks.items():
-            fact, rep = decompose(fact, format=scheme, rank=Fixed(r), input_shape=(3, 8, 8),
-                                  include=lambda n, _m, name=name: n == name)
-            assert rep.rows[0].format == scheme and rep.rows[0].rank == r
+            layer = FORMATS[scheme].from_dense(model.get_submodule(name), r)
+            assert layer.rank == r
+            setattr(fact, name, layer)
         with torch.no_grad():
             ref, out = model.eval()(x), fact.eval()(x)
         return float((out - ref).norm() / ref.norm())
 
     assert rel_error(trained) < 1e-4
-    assert rel_error(plain) > 1e-2  # the same assertion fails on an ordinary model
+    assert rel_error(plain) > 1e-3  # the same assertion fails on an ordinary model
 
 
 def test_finalize_writes_factorized_model_and_report(tmp_path):
     from rankwise.io.model_file import load
+    from rankwise.train.recipes import get_recipe
 
     cfg = TRPConfig()
-    method = TRPMethod()
+    method = get_recipe("trp")
     trainer = _fit(tmp_path, method.hooks(cfg))
     summary = method.finalize(trainer, cfg)
     report = json.loads((tmp_path / "trp_report.json").read_text())
@@ -305,7 +301,7 @@ def test_finalize_writes_factorized_model_and_report(tmp_path):
     assert down["trp_flops_before"] == 12 * 12 * 9 * 16
     r = body["rank"]
     assert body["trp_flops_after"] == (8 * 9 * r + r * 12) * 64
-    trp = report["counting"]["trp"]
+    trp = report["counting"]["reference"]
     stem_point = 8 * 3 * 9 * 64 + 12 * 12 * 16
     assert trp["flops_before"] == stem_point + body["trp_flops_before"] + down["trp_flops_before"]
     assert summary["acc_dense"] == report["accuracy"]["dense"]
@@ -336,7 +332,7 @@ def test_cli_train_trp_end_to_end(tmp_path):
     assert report["config"]["nuclear_weight"] == 1e-3 and report["config"]["retrain"] == 1
     assert report["accuracy"]["retrained"] is not None
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method_report"]["counting"] == "trp"
+    assert summary["method_report"]["counting"] == "reference"  # "trp" is its old name
     fact = load(out / "factorized")
     kinds = {type(m).__name__ for m in fact.modules()}
     assert "SpatialLowRankConv2d" in kinds or all(r["format"] is None for r in report["layers"])

@@ -143,9 +143,10 @@ def test_power_method_lmos_are_near_optimal_in_float32() -> None:
     g = torch.randn(16, 8, 3, 3, generator=gen(5))
     sig = torch.linalg.svdvals(g.flatten(1).double())
     for c, best in [
-        (NuclearBall(radius=1.0), sig[0]),
-        (SpectralKSparsePolytope(16, 4, radius=1.0), sig[:4].sum()),
-        (SpectralKSupportBall(16, 4, radius=1.0), torch.linalg.vector_norm(sig[:4])),
+        (NuclearBall(radius=1.0, method="power"), sig[0]),
+        (SpectralKSparsePolytope(16, 4, radius=1.0, method="power"), sig[:4].sum()),
+        (SpectralKSupportBall(16, 4, radius=1.0, method="power"),
+         torch.linalg.vector_norm(sig[:4])),
     ]:
         v = c.lmo(g)
         assert v.dtype == torch.float32 and c.is_feasible(v, tol=1e-4)

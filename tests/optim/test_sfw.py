@@ -131,7 +131,8 @@ def _train(model, opt, x, y, steps: int) -> None:
 
 def test_state_dict_round_trip_resumes_identically() -> None:
     model, x, y = _model_and_data()
-    groups = make_param_groups(model, "spectral-k-support", k=0.5, width=3.0, samples=2)
+    groups = make_param_groups(model, "spectral-k-support", k=0.5, width=3.0, samples=2,
+                               method="power")  # the warm-started path has LMO state
     shift_model_to_feasible(model, groups)
     opt = SFW(groups, lr=0.2, momentum=0.9)
     _train(model, opt, x, y, 3)
@@ -145,7 +146,8 @@ def test_state_dict_round_trip_resumes_identically() -> None:
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)  # only tensors and builtins inside
     clone.load_state_dict(ckpt["model"])
-    groups2 = make_param_groups(clone, "spectral-k-support", k=0.5, width=3.0, samples=2)
+    groups2 = make_param_groups(clone, "spectral-k-support", k=0.5, width=3.0, samples=2,
+                                method="power")
     opt2 = SFW(groups2, lr=0.2, momentum=0.9)
     opt2.load_state_dict(ckpt["opt"])
     assert all(isinstance(g["constraint"], type(h["constraint"]))

@@ -8,10 +8,11 @@ full-batch mean gradient up to float32 summation order (~1e-7 relative per step)
 what a sharding bug would cause (a wrong or duplicated half batch changes the loss by ~1e-2).
 With mini-batches the runs differ by design: `BatchLoader` gives each rank a contiguous slice
 of the epoch permutation, so step i of DDP sees other samples than step i of one process.
+The ranks meet through a file store in the test's tmp dir (no TCP port to pick and lose to
+another process between picking and binding); the trainer reuses the initialized group.
 """
 
 import os
-import socket
 
 import pytest
 import torch
@@ -30,10 +31,11 @@ def make_cfg() -> TrainConfig:
                        quiet=True)
 
 
-def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+def worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world_size)
     try:
         trainer = Trainer(tiny_cnn(bn=False), make_cfg(), synthetic(True, 64),
                           synthetic(False, 32), out_dir)
@@ -45,12 +47,6 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -58,7 +54,8 @@ def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
     single = tiny_cnn(bn=False)
     Trainer(single, make_cfg(), synthetic(True, 64), synthetic(False, 32), tmp_path / "one").fit()
 
-    mp.spawn(worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    store = tmp_path / "rendezvous"  # must not exist yet: each run gets a fresh file store
+    mp.spawn(worker, args=(2, str(store), str(tmp_path / "ddp")), nprocs=2, join=True)
 
     ddp_model = load(tmp_path / "ddp", model=tiny_cnn(bn=False, seed=3))
     for (k, a), b in zip(single.state_dict().items(), ddp_model.state_dict().values(),

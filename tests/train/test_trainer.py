@@ -205,9 +205,59 @@ def test_determinism_flag_is_restored_after_fit(tmp_path, train_data):
 
 
 def test_epoch_line_reads_well():
-    from rankwise.train.trainer import _epoch_line
+    from rankwise.train.logger import epoch_line as _epoch_line
 
     m = {"epoch": 3, "train_loss": 0.9123, "train_acc": 0.681, "lr": 0.1, "images_per_s": 4210.4}
     assert _epoch_line(m, 164) == "epoch 3/164  train loss 0.912 acc 68.1%  lr 0.1  4210 img/s"
     line = _epoch_line({**m, "test_loss": 0.85, "test_acc": 0.71}, 164)
     assert "test loss 0.850 acc 71.0%" in line
+
+
+def test_any_iterable_of_batches_and_a_custom_loss(tmp_path, train_data, test_data):
+    """A torch DataLoader of (x, y) pairs trains like an ImageDataset; dict batches with a
+    `loss_fn` train too (no accuracy is reported then)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = train_data.images.float() / 255.0
+    loader = DataLoader(TensorDataset(x, train_data.labels), batch_size=32, shuffle=False)
+    test = DataLoader(TensorDataset(test_data.images.float() / 255.0, test_data.labels),
+                      batch_size=64)
+    model = tiny_cnn()
+    first = evaluate_plain(model, test)
+    out = Trainer(model, cfg(epochs=3, lr=0.2), loader, test, tmp_path / "pairs").fit()
+    assert out["epoch"] == 3 and out["step"] == 3 * len(loader)
+    assert out["test_loss"] < first and 0.0 <= out["test_acc"] <= 1.0
+
+    dicts = [{"pixels": x[i:i + 32], "target": train_data.labels[i:i + 32]}
+             for i in range(0, len(x), 32)]
+
+    def loss_fn(m, batch):
+        return F.cross_entropy(m(batch["pixels"]), batch["target"])
+
+    m2 = tiny_cnn()
+    out2 = Trainer(m2, cfg(epochs=2, schedule="none", warmup_epochs=0.0), dicts, dicts[:2],
+                   tmp_path / "dicts", loss_fn=loss_fn).fit()
+    assert "train_acc" not in out2 and "test_acc" not in out2
+    rows = [r for r in read_metrics(tmp_path / "dicts") if r["event"] == "epoch"]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    with pytest.raises(ConfigError, match="len"):
+        Trainer(tiny_cnn(), cfg(), iter(dicts), None, tmp_path / "gen", loss_fn=loss_fn)
+
+
+def evaluate_plain(model, batches) -> float:
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(x), y, reduction="sum") for x, y in batches]
+    return float(sum(losses)) / sum(len(y) for _, y in batches)
+
+
+def test_epoch_with_non_finite_test_loss_is_a_diverged_run(tmp_path, train_data, test_data,
+                                                           monkeypatch):
+    from rankwise.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "evaluate_any",
+                        lambda *a, **k: {"test_loss": float("nan"), "test_acc": 0.1})
+    t = Trainer(tiny_cnn(), cfg(epochs=1), train_data, test_data, tmp_path)
+    with pytest.raises(NonFiniteLossError, match="diverged"):
+        t.fit()
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert read_metrics(tmp_path) == [r for r in read_metrics(tmp_path) if r["event"] == "step"]

@@ -1,0 +1,248 @@
+"""`collect(runs_dir, results_dir)`: finished `cifar10` suite runs → one result JSON per row.
+
+A row is collected when every step's marker file exists (`BenchRow.steps`, `Step.done`). Its
+file `RESULTS/<row name>.json` holds: suite, row, model, method, scheme, label, seed, `command`
+(the command lines as recorded in the run's config.json under "command"/"argv" when present,
+else the suite's definition; `command_source` says which), `commit` (the run's, else the
+collecting checkout's; `commit_source`), `machine`, `date` (when the run's marker was written,
+UTC) and `collected` (now), `schedule` (epochs / schedule / lr from config.json), and `metrics`:
+
+- `acc` (top-1 %, the saved model evaluated here in fp32 on the run's test split), `params`,
+  `macs` (per sample, rankwise counting: every conv/linear, FC included, `analysis.profile`),
+  `flops_reference` (the TRP code's counting: every `nn.Conv2d` — inside factorized layers
+  too — `weight.numel() × output pixels`, FC excluded; `reference_flops`), `latency_ms`
+  (batch 1, fp32, median, the collecting machine's threads) unless `latency=False`;
+- sweep rows: `sweep`, one `{ratio, acc, params, macs}` per ratio, from the step's sweep.json;
+- compress rows: `stages` (stage, acc, params, bytes stored) and `bytes` of the last stage.
+
+A file whose `source` fingerprint (marker file path + mtime + size) is unchanged is not
+rewritten, so re-collecting keeps committed files byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankwise.bench.cifar10 import RESULTS_DIR, RUNS_DIR, SUITE, BenchRow, step_done, suite_rows
+from rankwise.errors import ConfigError
+
+MODEL_POSTS = {"model": "", "elrt": "", "trp": "factorized", "decompose": ""}
+
+
+@torch.no_grad()
+def reference_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs as the TRP reference code counts them: Σ over every `nn.Conv2d` run by one forward
+    pass on zeros `(1, *input_shape)` of `weight.numel() · H_out · W_out` (= per output pixel
+    `n·(c/g)·kh·kw`; NC `c·kh·kw·r + r·n`, VH `c·r·kh + n·r·kw` after factorization), FC and
+    everything else excluded."""
+    total = 0
+    handles = []
+
+    def hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += mod.weight.numel() * out.shape[-2] * out.shape[-1]
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, *[int(s) for s in input_shape],
+                        device=p.device if p is not None else "cpu")
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read JSON ({e}); rerun the step or delete it") from e
+
+
+def _run_config(runs_dir: Path, row: BenchRow) -> dict[str, Any]:
+    """config.json of the row's training run (or of the run it builds on), {} if none."""
+    for name in (*[s.out for s in row.steps], *row.needs):
+        path = runs_dir / name / "config.json"
+        if path.is_file():
+            return _read_json(path)
+    return {}
+
+
+def _commands(runs_dir: Path, row: BenchRow, config: dict[str, Any]) -> tuple[list[str], str]:
+    recorded = config.get("command") or config.get("argv")
+    if recorded and len(row.steps) == 1:
+        text = recorded if isinstance(recorded, str) else " ".join(map(str, recorded))
+        return [text], "config.json"
+    return [s.command(runs_dir) for s in row.steps], "suite definition"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fingerprint(runs_dir: Path, row: BenchRow) -> str:
+    parts = []
+    for s in row.steps:
+        st = (runs_dir / s.out / s.done).stat()
+        parts.append(f"{s.out}/{s.done}:{int(st.st_mtime)}:{st.st_size}")
+    return ";".join(parts)
+
+
+def _test_data(config: dict[str, Any]) -> Any:
+    from rankwise.data import load_dataset
+
+    spec = config.get("dataset") or {"name": SUITE}
+    kwargs = dict(spec.get("kwargs") or {})
+    if "shape" in kwargs:
+        kwargs["shape"] = tuple(kwargs["shape"])
+    data = load_dataset(spec["name"], False, **kwargs)
+    limit = spec.get("limit_test")
+    return data.subset(slice(0, int(limit))) if limit else data
+
+
+def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],
+                  latency: bool = True) -> dict[str, Any]:
+    """acc (%), params, macs (rankwise), flops_reference, latency_ms of a loaded model."""
+    from rankwise.analysis.profile import count
+    from rankwise.train.evaluate import evaluate
+
+    model = model.float().eval()
+    _, params, macs = count(model, input_shape)
+    out: dict[str, Any] = {"acc": 100.0 * evaluate(model, test_data)["acc"], "params": params,
+                           "macs": macs, "flops_reference": reference_flops(model, input_shape)}
+    if latency:
+        from rankwise.analysis.latency import measure_latency
+
+        out["latency_ms"] = measure_latency(model, input_shape, 1)["median_ms"]
+    return out
+
+
+def _sweep_rows(path: Path) -> list[dict[str, Any]]:
+    doc = _read_json(path)
+    runs = doc.get("runs") or {}
+    if not runs:
+        raise ConfigError(f"{path} holds no sweep rows; rerun the sweep")
+    rows = next(iter(runs.values()))
+    keep = ("ratio", "acc", "params", "macs", "compression", "speedup")
+    return [{k: (100.0 * r[k] if k == "acc" and r.get(k) is not None else r.get(k))
+             for k in keep} for r in rows]
+
+
+def _sweep_file(runs_dir: Path, row: BenchRow) -> Path:
+    """The last step's sweep.json (a `rankwise sweep --out` folder)."""
+    return runs_dir / row.steps[-1].out / "sweep.json"
+
+
+def _compress_metrics(path: Path) -> dict[str, Any]:
+    stages = _read_json(path).get("stages") or []
+    if not stages:
+        raise ConfigError(f"{path} holds no stages; rerun `rankwise compress`")
+    rows = []
+    for s in stages:
+        stored = next((s.get(k) for k in ("bytes_coded", "bytes_int8", "bytes_fp32")
+                       if s.get(k) is not None), None)
+        acc = s.get("acc")
+        rows.append({"stage": s.get("stage"), "acc": None if acc is None else 100.0 * acc,
+                     "params": s.get("params"), "macs": s.get("macs"), "bytes": stored})
+    last = rows[-1]
+    return {"acc": last["acc"], "params": last["params"], "macs": last["macs"],
+            "bytes": last["bytes"], "bytes_fp32_first": stages[0].get("bytes_fp32"),
+            "stages": rows}
+
+
+def row_metrics(runs_dir: Path, row: BenchRow, config: dict[str, Any],
+                latency: bool = True) -> dict[str, Any]:
+    """The metrics of one finished row (see the module docstring)."""
+    from rankwise.io.model_file import load
+
+    shape = tuple(config.get("input_shape") or (3, 32, 32))
+    if row.post == "compress":
+        return _compress_metrics(runs_dir / row.run / "report.json")
+    if row.post == "sweep":
+        base = runs_dir / (row.needs[0] if row.needs else row.steps[0].out)
+        out = model_metrics(load(base), _test_data(config), shape, latency)
+        out["sweep"] = _sweep_rows(_sweep_file(runs_dir, row))
+        return out
+    if row.post not in MODEL_POSTS:
+        raise ConfigError(f"cifar10 row {row.name}: unknown post-processing {row.post!r}")
+    path = runs_dir / row.run / MODEL_POSTS[row.post]
+    return model_metrics(load(path), _test_data(config), shape, latency)
+
+
+def result_record(runs_dir: Path, row: BenchRow, latency: bool = True) -> dict[str, Any]:
+    """The result JSON of one finished row."""
+    from rankwise.bench.harness import environment
+
+    config = _run_config(runs_dir, row)
+    env = environment()
+    cmds, source = _commands(runs_dir, row, config)
+    train = config.get("train") or {}
+    marker = runs_dir / row.steps[-1].out / row.steps[-1].done
+    return {
+        "suite": SUITE, "row": row.name, "model": row.model, "method": row.method,
+        "scheme": row.scheme, "label": row.label, "post": row.post, "seed": row.seed,
+        "command": cmds, "command_source": source,
+        "commit": config.get("git_commit") or config.get("commit") or env["git_commit"],
+        "commit_source": "config.json" if config.get("git_commit") or config.get("commit")
+        else "collecting checkout",
+        "machine": config.get("machine") or env["machine"],
+        "threads": train.get("num_threads"), "date": _utc(marker.stat().st_mtime),
+        "collected": env["date"], "torch": env["torch"],
+        "schedule": {k: train.get(k) for k in ("epochs", "schedule", "lr", "milestones",
+                                               "weight_decay", "batch_size", "precision")},
+        "source": _fingerprint(runs_dir, row),
+        "metrics": _finite(row_metrics(runs_dir, row, config, latency)),
+    }
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def collect(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
+            rows: Sequence[BenchRow] | None = None, latency: bool = True) -> list[Path]:
+    """Write `results_dir/<row>.json` for every finished row whose file is missing or stale;
+    returns the paths written. Unfinished rows are skipped (the section lists them pending)."""
+    from rankwise.io.atomic import atomic_write_json
+
+    runs_dir, results_dir = Path(runs_dir), Path(results_dir)
+    written = []
+    for row in suite_rows() if rows is None else rows:
+        if not all(step_done(s, runs_dir) for s in row.steps):
+            continue
+        path = results_dir / f"{row.name}.json"
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                old = {}
+            if old.get("source") == _fingerprint(runs_dir, row):
+                continue
+        results_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, result_record(runs_dir, row, latency))
+        written.append(path)
+    return written
+
+
+__all__ = ["collect", "model_metrics", "reference_flops", "result_record", "row_metrics"]

@@ -1,0 +1,156 @@
+"""The `cifar10` section of BENCHMARKS.md, rendered from `results/cifar10/*.json` only.
+
+One table per model: every suite row in order, with our accuracy, our drop against our own
+dense row, the paper's accuracy and drop beside it (`papers.paper_row`, matched by model, method
+and scheme; `bench --compare trp` prints the paper's full table), params, MACs reduction
+(rankwise counting), FLOPs reduction (TRP code counting), latency and stored size. A row without
+a result file is listed as **pending** with its command, never with numbers. Then the sweep of
+rank removed without retraining (SGD vs SFW) per model, and where the numbers came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rankwise.bench.benchmarks_md import load_result_files, register_section
+from rankwise.bench.cifar10 import RUNS_DIR, SUITE, BenchRow, suite_rows
+from rankwise.bench.papers import paper_row
+
+HEADER = """## CIFAR-10: TRP, SFW and ELRT on ResNet-20 / ResNet-56 — `rankwise bench cifar10`
+
+Standard CIFAR ResNets (He et al. 2016: BasicBlock, option-A zero-padded identity shortcuts);
+the TRP reference code's "ResNet-56" uses Bottleneck blocks, so its ResNet-56 numbers are shown
+for reference only (†). Paper: TRP README (Xu et al. 2020). Δ = accuracy − dense accuracy of
+the same source (ours against our dense row, the paper's against its own baseline). MACs ×:
+rankwise counting (every conv and linear, per sample); FLOPs ×: the TRP code's counting (convs
+only, FC excluded). Latency: batch 1, fp32, on the collecting machine. Size: stored bytes
+(fp32 weights, or the pipeline's entropy-coded file).
+"""
+
+
+def _f(v: Any, spec: str = ".2f", dash: str = "–") -> str:
+    return dash if v is None else format(v, spec)
+
+
+def _signed(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def _ratio(dense: float | None, v: float | None) -> str:
+    return "–" if not dense or not v else f"{dense / v:.2f}"
+
+
+def _by_row(results_root: Path) -> dict[str, dict[str, Any]]:
+    folder = Path(results_root) / SUITE
+    if not folder.is_dir():
+        return {}
+    return {r["row"]: r for r in load_result_files(folder) if r.get("suite") == SUITE}
+
+
+def _paper_cells(row: BenchRow) -> tuple[str, str]:
+    method = "dense" if row.method == "dense" else row.method
+    p = paper_row(row.model, method, row.scheme)
+    if p is None:
+        return "–", "–"
+    mark = "" if p.comparable else " †"
+    return f"{p.acc:.2f}{mark}", _signed(None if p.drop is None else -p.drop)
+
+
+def _pending(row: BenchRow, runs_dir: Path) -> str:
+    """A row without results: the paper's cells (its numbers, not ours) and the command."""
+    cmds = "; ".join(s.command(runs_dir) for s in row.steps)
+    pa, pd = _paper_cells(row)
+    return f"| {row.label} | **pending** | | {pa} | {pd} | | | | | | `{cmds}` |"
+
+
+def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[str, Any]],
+                runs_dir: Path) -> list[str]:
+    """Markdown lines of one model's table."""
+    dense_row = next((r for r in rows if r.method == "dense"), None)
+    dense = results.get(dense_row.name, {}).get("metrics", {}) if dense_row else {}
+    lines = [f"### {model}", "",
+             "| row | acc % | Δ ours | paper % | Δ paper | params | MACs × | FLOPs × (TRP) "
+             "| latency ms | size KB | schedule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        res = results.get(row.name)
+        if res is None:
+            lines.append(_pending(row, runs_dir))
+            continue
+        m = res["metrics"]
+        acc = m.get("acc")
+        d = None if acc is None or dense.get("acc") is None or row.method == "dense" \
+            else acc - dense["acc"]
+        size = m.get("bytes") if row.post == "compress" else \
+            (4 * m["params"] if m.get("params") else None)
+        sched = res.get("schedule") or {}
+        sched_text = f"{sched.get('epochs')} ep {sched.get('schedule')}" if sched.get("epochs") \
+            else "–"
+        pa, pd = _paper_cells(row)
+        lines.append(
+            f"| {row.label} | {_f(acc)} | {_signed(d)} | {pa} | {pd} | "
+            f"{_f(m.get('params'), ',')} | {_ratio(dense.get('macs'), m.get('macs'))} | "
+            f"{_ratio(dense.get('flops_reference'), m.get('flops_reference'))} | "
+            f"{_f(m.get('latency_ms'))} | {_f(None if size is None else size / 1024, '.1f')} | "
+            f"{sched_text} |")
+    return lines
+
+
+def sweep_table(model: str, rows: Sequence[BenchRow],
+                results: dict[str, dict[str, Any]]) -> list[str]:
+    """Accuracy (%) vs fraction of every conv's rank removed, no retraining, one column per run."""
+    sweeps = [(r, results[r.name]["metrics"].get("sweep") or []) for r in rows
+              if r.post == "sweep" and r.name in results]
+    if not sweeps:
+        return []
+    ratios = sorted({s["ratio"] for _, rs in sweeps for s in rs})
+    head = " | ".join(r.label.replace(", truncated (no retraining)", "") for r, _ in sweeps)
+    lines = ["", f"Sweep of rank removed without retraining ({model}, every conv truncated in "
+             "its channel matricization; accuracy %):", "",
+             f"| rank removed | {head} |", "|---" * (len(sweeps) + 1) + "|"]
+    for ratio in ratios:
+        cells = []
+        for _, rs in sweeps:
+            hit = next((s for s in rs if s["ratio"] == ratio), None)
+            cells.append(_f(hit and hit.get("acc")))
+        lines.append(f"| {ratio:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def provenance(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Commits, machines and dates of the result files."""
+    if not results:
+        return []
+    commits = sorted({str(r.get("commit")) for r in results.values()})
+    machines = sorted({str(r.get("machine")) for r in results.values()})
+    dates = sorted(str(r.get("date")) for r in results.values())
+    return ["", f"Results: {len(results)} files under `results/{SUITE}/` (commits "
+            f"{', '.join(commits)}; machines {', '.join(machines)}; runs finished "
+            f"{dates[0]} – {dates[-1]}). Regenerate: `python -m rankwise.bench.cifar10 collect` "
+            "then `rankwise bench report`."]
+
+
+def section(results_root: Path, rows: Sequence[BenchRow] | None = None,
+            runs_dir: Path = RUNS_DIR) -> str:
+    """The whole section (Markdown) from `results_root/cifar10/*.json`."""
+    rows = suite_rows() if rows is None else rows
+    results = _by_row(Path(results_root))
+    lines = [HEADER]
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        lines += model_table(model, mine, results, runs_dir)
+        lines += sweep_table(model, mine, results)
+        lines.append("")
+    lines += provenance({k: v for k, v in results.items() if k in {r.name for r in rows}})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+@register_section(SUITE, order=20)
+def render_section(results_root: Path) -> str:
+    """BENCHMARKS.md hook: the default rows (ResNet-20 and -56, seed 0)."""
+    return section(results_root)
+
+
+__all__ = ["model_table", "provenance", "render_section", "section", "sweep_table"]

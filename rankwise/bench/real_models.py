@@ -1,0 +1,345 @@
+"""Real-model matrix: torchvision / timm / Hugging Face models, factorized by rankwise and by
+tensorly-torch at the same parameter budget, profiled and pushed through five deployment paths.
+
+Run: `python -m rankwise.bench.real_models --out results/real_models` (one JSON per model;
+`--models resnet50,vit_tiny` picks rows, `--quick` skips inductor and the bf16 timings).
+`section(results_root)` renders the committed JSON as the BENCHMARKS.md section.
+
+Per model (random weights, built from config by `rankwise.models.build_model`):
+- dense: params, MACs per sample (`rankwise.analysis.profile`; fvcore's count beside it),
+  latency at batch 1 in fp32 and under bf16 autocast (median ms, `measure_latency`);
+- rankwise: `decompose(format=conv format, linear_format=..., rank="ratio:R")`;
+- tltorch: every layer rankwise factorized is replaced by `tltorch.FactorizedConv.from_conv`
+  (Tucker, implementation "factorized") / `FactorizedLinear.from_linear` (Tucker,
+  "reconstructed") at the same parameter ratio;
+- each factorized model: params ×, MACs ×, fp32 / bf16 latency × (dense ÷ factorized, > 1 is
+  faster) and the export paths: `torch.compile` (inductor, `fullgraph=True`), `torch.export`,
+  `torch.jit.trace`, ONNX (dynamo exporter) run in onnxruntime, `torch.jit.script`; each cell
+  is "ok" with the max abs deviation from eager, or the first line of the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankwise.analysis.latency import measure_latency
+from rankwise.analysis.macs import call_model
+from rankwise.analysis.profile import count
+from rankwise.bench.real_models_report import PATHS, section
+from rankwise.io.atomic import atomic_write
+from rankwise.layers.base import FactorizedLayer
+from rankwise.models.resolve import build_model, example_inputs
+
+GPT2_CONFIG = {"n_layer": 2, "n_embd": 256, "n_head": 4, "vocab_size": 5000, "n_positions": 128,
+               "bos_token_id": 0, "eos_token_id": 0, "use_cache": False,
+               "architectures": ["GPT2LMHeadModel"]}
+MODELS: dict[str, dict[str, Any]] = {
+    "resnet50": {"spec": "tv:resnet50", "kwargs": {}, "shape": (3, 224, 224),
+                 "conv": "tucker2", "linear": "svd", "kind": "conv net"},
+    "mobilenet_v2": {"spec": "tv:mobilenet_v2", "kwargs": {}, "shape": (3, 224, 224),
+                     "conv": "tucker2", "linear": "svd", "kind": "conv net"},
+    "vit_tiny": {"spec": "timm:vit_tiny_patch16_224", "kwargs": {}, "shape": (3, 224, 224),
+                 "conv": None, "linear": "svd", "kind": "transformer"},
+    "gpt2_2l": {"spec": "hf:{hf_dir}/gpt2-2l", "kwargs": {}, "shape": (64,),
+                "label": "hf: GPT2Config(n_layer=2, n_embd=256, n_head=4, vocab_size=5000)",
+                "conv": None, "linear": "svd", "kind": "transformer"},
+}
+
+
+# ----- optional compat step, run by `main()` only (never on import of rankwise) -------------
+def torchvision_cpu_shim() -> None:
+    """COMPAT (bench script only): a CUDA build of torchvision 0.28 cannot import next to the
+    CPU torch (`register_fake("torchvision::nms")` finds no op). Declaring the `nms` / `qnms`
+    schemas first lets the model code load; detection ops stay unusable."""
+    try:
+        torch.ops.torchvision.nms  # noqa: B018 - lookup is the check
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    torchvision_cpu_shim.keep = lib  # type: ignore[attr-defined]  # keep the ops registered
+
+
+def _first_out(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict):
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+    return out[0]
+
+
+def _args(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), {}
+
+
+def _cell(fn: Callable[[], torch.Tensor], ref: torch.Tensor) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        out = fn()
+        err = float((out.float() - ref.float()).abs().max())
+        return {"ok": True, "max_abs_err": err, "seconds": time.perf_counter() - start}
+    except Exception as e:  # a benchmark cell records any failure instead of stopping the run
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return {"ok": False, "error": f"{type(e).__name__}: {msg}",
+                "seconds": time.perf_counter() - start}
+
+
+class TensorOut(nn.Module):
+    """`model(**dict(zip(keys, tensors)))` reduced to its first tensor (HF `logits`): the
+    exporters take positional tensors in and a tensor out."""
+
+    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return _first_out(self.model(**dict(zip(self.keys, tensors, strict=True))))
+
+
+def export_paths(model: nn.Module, inputs: Any, compile_backend: str = "inductor",
+                 workdir: Path | None = None,
+                 paths: tuple[str, ...] = PATHS) -> dict[str, dict[str, Any]]:
+    """Run `model` through the deployment `paths` (default all five); per path "ok" with the
+    max abs deviation from eager, or the error."""
+    args, kwargs = _args(inputs)
+    with torch.no_grad():
+        out = model(*args, **kwargs)
+    if kwargs and not isinstance(out, torch.Tensor):  # HF: keyword inputs, ModelOutput
+        model, args, kwargs = TensorOut(model, tuple(kwargs)), tuple(kwargs.values()), {}
+    ref = _first_out(out)
+
+    def compiled() -> torch.Tensor:
+        torch._dynamo.reset()
+        fn = torch.compile(model, backend=compile_backend, fullgraph=True)
+        with torch.no_grad():
+            return _first_out(fn(*args, **kwargs))
+
+    def exported() -> torch.Tensor:
+        ep = torch.export.export(model, args, kwargs)
+        with torch.no_grad():
+            return _first_out(ep.module()(*args, **kwargs))
+
+    def traced() -> torch.Tensor:
+        tr = torch.jit.trace(model, example_inputs=args or None,
+                             example_kwarg_inputs=kwargs or None, strict=False)
+        with torch.no_grad():
+            return _first_out(tr(*args, **kwargs))
+
+    def onnx() -> torch.Tensor:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:  # model.onnx + its .data file
+            path = Path(tmp) / "model.onnx"
+            torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=True,
+                              verbose=False)
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            flat = [*args, *kwargs.values()]
+            feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), flat, strict=False)}
+            out = sess.run(None, feed)[0]
+        return torch.from_numpy(out)
+
+    def scripted() -> torch.Tensor:
+        sm = torch.jit.script(model)
+        with torch.no_grad():
+            return _first_out(sm(*args, **kwargs))
+
+    fns = {"compile": compiled, "export": exported, "trace": traced, "onnx": onnx,
+           "script": scripted}
+    with torch.no_grad():
+        return {name: _cell(fns[name], ref) for name in paths}
+
+
+def fvcore_macs(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
+    """fvcore's total and per-operator counts (its "flops" are MACs), or None if unavailable."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        return None
+    args, kwargs = _args(inputs)
+    if kwargs:  # fvcore traces positional tensors in, tensors out
+        model, args = TensorOut(model, tuple(kwargs)), tuple(kwargs.values())
+    try:
+        fa = FlopCountAnalysis(model, args)
+        fa.unsupported_ops_warnings(False)
+        fa.uncalled_modules_warnings(False)
+        return {"total": int(fa.total()), "by_operator": {k: int(v) for k, v in
+                                                          fa.by_operator().items()}}
+    except Exception as e:  # fvcore's JIT tracing fails on some HF models: record why
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+
+
+def measure(model: nn.Module, inputs: Any, precisions: tuple[str, ...],
+            min_run_time: float) -> dict[str, Any]:
+    """Params, MACs per sample and batch-1 latency (median ms) per precision."""
+    _, params, macs = count(model, example_inputs=inputs)
+    lat = {p: measure_latency(model, None, 1, "cpu", min_run_time, example_inputs=inputs,
+                              precision=p)["median_ms"] for p in precisions}
+    return {"params": params, "macs": macs, "latency_ms": lat}
+
+
+def tltorch_like(dense: nn.Module, factorized: nn.Module) -> nn.Module:
+    """`dense` with each layer that rankwise factorized in `factorized` replaced by tltorch's
+    factorized layer at the same parameter ratio (Tucker convs, Tucker linears)."""
+    import tltorch
+
+    out = copy.deepcopy(dense)
+    for name, layer in factorized.named_modules():
+        if not isinstance(layer, FactorizedLayer):
+            continue
+        old = out.get_submodule(name)
+        if type(old).__name__ == "Conv1D" and hasattr(old, "nf"):  # HF GPT-2: y = x W + b
+            lin = nn.Linear(old.weight.shape[0], old.weight.shape[1])
+            with torch.no_grad():
+                lin.weight.copy_(old.weight.T)
+                lin.bias.copy_(old.bias)
+            old = lin
+        if not isinstance(old, (nn.Conv2d, nn.Linear)):
+            continue
+        ratio = layer.params() / sum(p.numel() for p in old.parameters())
+        if isinstance(old, nn.Conv2d):
+            new = tltorch.FactorizedConv.from_conv(old, rank=ratio, factorization="tucker",
+                                                   implementation="factorized")
+        else:
+            # "reconstructed": tltorch's factorized Tucker linear contracts input, core and
+            # factors in one einsum whose intermediate needs GBs for a ViT block (measured)
+            new = tltorch.FactorizedLinear.from_linear(old, rank=ratio, factorization="tucker",
+                                                       implementation="reconstructed")
+        parent, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, child, new)
+    return out.eval()
+
+
+def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
+    """`inputs` with float tensors drawn from N(0, 1) and token ids uniform over the vocabulary
+    (zeros would make a BatchNorm net's output its classifier bias, hiding any deviation)."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2))
+
+    def one(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        return torch.randint(0, vocab, t.shape, generator=gen, dtype=t.dtype)
+
+    if isinstance(inputs, dict):
+        return {k: one(v) for k, v in inputs.items()}
+    return one(inputs) if isinstance(inputs, torch.Tensor) else tuple(one(v) for v in inputs)
+
+
+def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir: Path,
+              workdir: Path) -> dict[str, Any]:
+    """One model's JSON record (see the module docstring)."""
+    from rankwise.surgery.decompose import decompose
+
+    spec = entry["spec"].format(hf_dir=hf_dir)
+    dense = build_model(spec, seed=0, **entry["kwargs"]).eval()
+    inputs = random_inputs(example_inputs(dense, entry["shape"]), dense, seed=0)
+    precisions = ("fp32",) if quick else ("fp32", "bf16")
+    min_run = 0.05 if quick else 0.5
+    rec: dict[str, Any] = {"model": key, "spec": entry.get("label", entry["spec"]),
+                           "kind": entry["kind"],
+                           "input_shape": list(entry["shape"]), "rank": f"ratio:{ratio}",
+                           "dense": measure(dense, inputs, precisions, min_run),
+                           "fvcore": fvcore_macs(dense, inputs), "variants": {}}
+    args, kwargs = _args(inputs)
+    fact, report = decompose(dense, format=entry["conv"], linear_format=entry["linear"],
+                             rank=f"ratio:{ratio}", example_inputs=(args, kwargs),
+                             skip_first_conv=True)
+    fact.eval()
+    variants = {"rankwise": fact}
+    try:
+        variants["tltorch"] = tltorch_like(dense, fact)
+    except Exception as e:  # record tensorly-torch failures rather than abort the matrix
+        rec["variants"]["tltorch"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    backend = "eager" if quick else "inductor"
+    for name, model in variants.items():
+        formats = sorted({type(m).__name__ if name == "tltorch" else m.format
+                          for m in model.modules()
+                          if isinstance(m, FactorizedLayer) or type(m).__module__.startswith(
+                              "tltorch")} - {"FactorizedTensor"})
+        with torch.no_grad():
+            deviation = float((_first_out(call_model(model, inputs))
+                               - _first_out(call_model(dense, inputs))).abs().max())
+        rec["variants"][name] = {
+            "formats": formats,
+            **measure(model, inputs, precisions, min_run),
+            "output_deviation_from_dense": deviation,
+            "compile_backend": backend,
+            "export": export_paths(model, inputs, backend, workdir),
+        }
+    return rec
+
+
+def _environment() -> dict[str, Any]:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rankwise.bench.real_models",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/real_models", help="folder for the JSON results")
+    p.add_argument("--models", default=",".join(MODELS), help=f"subset of {list(MODELS)}")
+    p.add_argument("--ratio", type=float, default=0.25, help="rank ratio (default 0.25)")
+    p.add_argument("--quick", action="store_true", help="fp32 only, eager compile backend")
+    args = p.parse_args(argv)
+    torchvision_cpu_shim()  # COMPAT: see the function; only this script runs it
+    import transformers
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        transformers.GPT2Config(**GPT2_CONFIG).save_pretrained(work / "gpt2-2l")
+        for key in [k.strip() for k in args.models.split(",") if k.strip()]:
+            start = time.perf_counter()
+            try:
+                rec = run_model(key, MODELS[key], args.ratio, args.quick, work, work)
+            except Exception as e:  # one model's failure must not lose the others' results
+                print(f"{key}: failed: {type(e).__name__}: {e}", flush=True)
+                continue
+            rec["environment"] = _environment()
+            rec["seconds"] = time.perf_counter() - start
+            rec.update(seed=0, date=time.strftime("%Y-%m-%d", time.gmtime()), commit=_commit(),
+                       command="python -m rankwise.bench.real_models " + " ".join(
+                           argv if argv is not None else sys.argv[1:]))
+            atomic_write(out / f"{key}.json", json.dumps(rec, indent=2, sort_keys=True).encode())
+            print(f"{key}: {rec['seconds']:.0f} s -> {out / (key + '.json')}", flush=True)
+    return 0
+
+
+__all__ = ["MODELS", "PATHS", "TensorOut", "export_paths", "main", "run_model", "section"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""BENCHMARKS.md section of `rankwise.bench.real_models`: rendered from the committed JSON
+under `results/real_models/` (no rerun)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rankwise.bench.benchmarks_md import register_section
+
+PATHS = ("compile", "export", "trace", "onnx", "script")
+MATMUL_OPS = ("conv", "linear", "matmul", "addmm", "bmm", "mm", "einsum", "baddbmm")
+
+
+def _x(num: float | None, den: float | None) -> str:
+    return "–" if not num or not den else f"{num / den:.2f}×"
+
+
+def _status(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "–"
+    if cell.get("ok"):
+        return f"ok ({cell['max_abs_err']:.0e})"
+    msg = str(cell.get("error", "?")).replace("|", "/").replace("\x1b", "")
+    return "fail: " + (msg[:60] + "…" if len(msg) > 60 else msg)
+
+
+@register_section("real-models", order=60)
+def section(results_root: str | Path) -> str:
+    """Markdown section from the JSON files under `results_root/real_models` (or
+    `results_root` itself): the compression / latency / export matrix and the MACs check."""
+    root = Path(results_root)
+    folder = root / "real_models" if (root / "real_models").is_dir() else root
+    recs = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    if not recs:
+        return ""
+    env = recs[0].get("environment", {})
+    cmd = recs[0].get("command", "python -m rankwise.bench.real_models --out results/real_models")
+    lines = [
+        "## Real models: rankwise vs tensorly-torch, latency and export",
+        "",
+        f"Random-weight models built from config (`{cmd}`), rank "
+        f"`{recs[0].get('rank')}`, tensorly-torch at the same parameter ratio per layer. "
+        f"Ratios are dense ÷ factorized for params and MACs (per sample) and for batch-1 CPU "
+        f"latency (> 1× = faster; bf16 = autocast), torch {env.get('torch')}, "
+        f"{env.get('threads')} thread(s), median of timed blocks on a CPU core shared with "
+        f"other jobs, so latency ratios are indicative only. Export cells: max abs deviation "
+        f"from eager, or the error.",
+        "",
+        "| model | library | formats | params × | MACs × | fp32 latency × | bf16 latency × | "
+        + " | ".join(PATHS) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(PATHS),
+    ]
+    for r in recs:
+        d = r["dense"]
+        for lib, v in r["variants"].items():
+            if "error" in v:
+                lines.append(f"| {r['model']} | {lib} | fail: {v['error'][:60]} |"
+                             + " |" * (6 + len(PATHS)))
+                continue
+            lat, dlat = v.get("latency_ms", {}), d.get("latency_ms", {})
+            formats = [f for f in v["formats"] if lib != "tltorch" or f.startswith("Factorized")]
+            cells = [r["model"], lib, ", ".join(formats), _x(d["params"], v["params"]),
+                     _x(d["macs"], v["macs"]), _x(dlat.get("fp32"), lat.get("fp32")),
+                     _x(dlat.get("bf16"), lat.get("bf16"))]
+            cells += [_status(v["export"].get(p)) for p in PATHS]
+            if v.get("compile_backend", "inductor") != "inductor":
+                cells[7] += f" [{v['compile_backend']} backend]"
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "MACs of the dense models (per sample) against fvcore:", "",
+              "| model | spec | kind | MACs (rankwise) | fvcore total | fvcore / rankwise | "
+              "fvcore conv+matmul / rankwise |",
+              "|---|---|---|---|---|---|---|"]
+    for r in recs:
+        fvc, macs = r.get("fvcore") or {}, r["dense"]["macs"]
+        total = fvc.get("total")
+        core = sum(v for k, v in (fvc.get("by_operator") or {}).items() if k in MATMUL_OPS)
+        fv = "–" if not total else f"{total / 1e9:.3f} G"
+        share = "–" if not total else f"{total / macs:.3f}"
+        core_share = "–" if not core else f"{core / macs:.3f}"
+        lines.append(f"| {r['model']} | `{r['spec']}` | {r['kind']} | {macs / 1e9:.3f} G | {fv} | "
+                     f"{share} | {core_share} |")
+    lines += ["", "fvcore also counts norm and pooling elements (total); its conv+matmul part "
+              "misses fused attention kernels (scaled_dot_product_attention), which rankwise "
+              "counts."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["PATHS", "section"]

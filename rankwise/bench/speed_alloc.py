@@ -1,0 +1,194 @@
+"""The speed suite's "alloc" cells: latency-budget allocator vs MACs-budget allocator.
+
+One cell = (model, input size, batch, threads, precision). In it, from one random-init dense
+model (seeded):
+- MACs allocator: `decompose(model, fmt, MacsBudget(macs_ratio))` for fmt in channel, tucker2
+  (1×1 convs channel, fc dense);
+- latency allocator: `latency_plan(model, None, LatencyBudget(latency_ratio, precision, batch,
+  threads))` over channel / spatial / tucker2 / dense per conv, from the cached latency table
+  (measured on first use), built with `apply_choices`;
+- equal-latency check: for each MACs model, the latency allocator again with its target set to
+  that model's *measured* latency ratio (timed together with it; the target is corrected once
+  if the two differ by more than 3 %), so the energies compare at equal measured time.
+
+All models run deployed in the cell's precision (`io.export_precision.to_deploy`: BN folded,
+fp32 or bf16 weights and activations, channels_last) and are timed interleaved (dense, A, B,
+…, then reversed; median of `rounds`) with the process CPU-time clock at 1 thread (on a shared
+core it does not count other processes' slices) and wall time otherwise. bf16 cells also time
+the dense model in fp32, so the table shows what the dtype alone buys. Energy = mean over all
+convs of the retained σ² fraction in the chosen format (dense = 1; random init, so a proxy of
+the allocation, not of accuracy). A cell whose thread count exceeds the cores this process may
+use is recorded as not measured rather than timed on an oversubscribed core.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankwise.analysis.profile import count
+from rankwise.bench.harness import Cell, environment, write_json_atomic
+from rankwise.bench.speed_ranks import threads_context
+from rankwise.io.export_precision import (
+    cpu_features,
+    precision_context,
+    prepare_input,
+    to_deploy,
+)
+from rankwise.models import create_model
+from rankwise.surgery.decompose import decompose
+from rankwise.surgery.latency_budget import (
+    LatencyBudget,
+    apply_choices,
+    latency_plan,
+    mean_energy,
+)
+from rankwise.surgery.latency_measure import clock_for, interleaved_ms
+from rankwise.surgery.rank import MacsBudget
+
+# (model, input side, classes, batches)
+ALLOC_MODELS = (("resnet50", 224, 1000, (1, 8)), ("resnet56", 32, 10, (1, 8)))
+ALLOC_THREADS = (1, 2)
+ALLOC_PRECISIONS = ("fp32", "bf16")
+MACS_FORMATS = ("channel", "tucker2")
+EQUAL_TOL = 0.03  # "equal measured latency": within 3 %
+
+
+def alloc_cells(quick: bool = False) -> list[Cell]:
+    """Cells for every (model, batch, threads, precision); `quick`: ResNet-50 at 112², 3 rounds."""
+    cells = []
+    for model, side, classes, batches in ALLOC_MODELS:
+        side = 112 if quick and side == 224 else side
+        for batch in batches:
+            for threads in ALLOC_THREADS:
+                for prec in ALLOC_PRECISIONS:
+                    cells.append(Cell(f"alloc/{model}@{side}/b{batch}/t{threads}/{prec}", {
+                        "kind": "alloc", "model": model, "model_kw": {}, "num_classes": classes,
+                        "input_shape": [3, side, side], "batch": batch, "threads": threads,
+                        "precision": prec, "macs_ratio": 0.5, "latency_ratio": 0.5,
+                        "macs_formats": list(MACS_FORMATS), "rounds": 3 if quick else 5,
+                        "seed": 0, "cache_dir": None}))
+    return cells
+
+
+def _timed(model: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], object]:
+    m = to_deploy(model, precision).model  # BN folded, weights in `precision`, channels_last
+    xi = prepare_input(x, precision)
+
+    def run() -> object:
+        with precision_context(precision):
+            return m(xi)
+
+    return run
+
+
+def _time(models: list[nn.Module], x: torch.Tensor, precisions: list[str], rounds: int,
+          threads: int) -> list[float]:
+    fns = [_timed(m, x, p) for m, p in zip(models, precisions, strict=True)]
+    return interleaved_ms(fns, rounds=rounds, block_s=0.02, clock=clock_for(threads))
+
+
+def _macs_choices(report: Any) -> dict[str, Any]:
+    return {r.name: None if r.format is None else (r.format, r.rank) for r in report.rows
+            if r.type == "Conv2d"}
+
+
+def _variant(label: str, allocator: str, model: nn.Module, dense: nn.Module,
+             choices: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    _, d_params, d_macs = count(dense, shape)
+    _, params, macs = count(model, shape)
+    formats: dict[str, int] = {}
+    for c in choices.values():
+        key = "dense" if c is None else c[0]
+        formats[key] = formats.get(key, 0) + 1
+    return {"label": label, "allocator": allocator, "macs_x": d_macs / macs,
+            "params_x": d_params / params, "energy": mean_energy(dense, choices),
+            "formats": formats}
+
+
+def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
+    """Run one alloc cell (see the module docstring); returns JSON-able data."""
+    threads, prec, batch = int(p["threads"]), str(p["precision"]), int(p["batch"])
+    shape = tuple(int(s) for s in p["input_shape"])
+    out: dict[str, Any] = {"kind": "alloc", "model": p["model"], "input_shape": list(shape),
+                           "batch": batch, "threads": threads, "precision": prec,
+                           "macs_ratio": p["macs_ratio"], "latency_ratio": p["latency_ratio"]}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if threads > int(cores or 1):
+        out.update(measured=False, note=f"not measured (machine busy: {cores} core(s) "
+                                        f"available to this process, {threads} threads asked)")
+        return out
+    with threads_context(threads):
+        torch.manual_seed(int(p["seed"]))
+        dense = create_model(p["model"], num_classes=int(p["num_classes"]), **p["model_kw"])
+        dense = dense.eval()
+        x = torch.randn((batch, *shape))
+        variants, models = [], []
+        for fmt in p["macs_formats"]:
+            m, rep = decompose(dense, fmt, MacsBudget(float(p["macs_ratio"])), input_shape=shape,
+                               linear_format=None)
+            variants.append(_variant(f"MACs budget {p['macs_ratio']:g}, {fmt}", "macs", m, dense,
+                                     _macs_choices(rep), shape))
+            models.append(m)
+        base = dict(precision=prec, batch=batch, threads=threads, cache_dir=p.get("cache_dir"),
+                    measure=bool(p.get("measure_table", True)))
+        plan = latency_plan(dense, None, LatencyBudget(ratio=float(p["latency_ratio"]), **base),
+                            shape)
+        lat = apply_choices(dense, plan.choices)
+        variants.append({**_variant(f"latency budget {p['latency_ratio']:g}", "latency", lat,
+                                    dense, plan.choices, shape),
+                         "predicted_x": plan.dense_ms / plan.predicted_ms, "met": plan.met})
+        models.append(lat)
+        ref = [dense] if prec == "bf16" else []  # the same dense model, timed in fp32
+        precs = [prec] * (1 + len(models)) + ["fp32"] * len(ref)
+        ms = _time([dense, *models, *ref], x, precs, int(p["rounds"]), threads)
+        dense_ms = ms[0]
+        for v, t in zip(variants, ms[1:1 + len(models)], strict=True):
+            v.update(ms=t, speedup=dense_ms / t)
+        if prec == "bf16":
+            out["dense_fp32_ms"] = ms[-1]
+            out["bf16_over_fp32"] = ms[-1] / dense_ms
+        # equal measured latency: the latency allocator at each MACs model's measured ratio,
+        # timed in one interleaved run with that MACs model; one recalibration of the target
+        # when the two measured times differ by more than `EQUAL_TOL`.
+        eq_variants = []
+        for v, macs_model in zip(variants, models[:len(p["macs_formats"])], strict=False):
+            ratio = min(1.0, v["ms"] / dense_ms)
+            for _ in range(2):
+                eq = latency_plan(dense, None, LatencyBudget(ratio=ratio, **base), shape)
+                eq_model = apply_choices(dense, eq.choices)
+                t = _time([dense, macs_model, eq_model], x, [prec] * 3, int(p["rounds"]),
+                          threads)
+                if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
+                    break
+                ratio = min(1.0, ratio * t[1] / t[2])
+            eq_variants.append({**_variant(f"latency budget = measured time of '{v['label']}'",
+                                           "latency-equal", eq_model, dense, eq.choices, shape),
+                                "vs": v["label"], "vs_energy": v["energy"], "ratio": ratio,
+                                "ms": t[2], "speedup": t[0] / t[2], "vs_speedup": t[0] / t[1],
+                                "met": eq.met})
+    out.update(measured=True, dense_ms=dense_ms, variants=variants + eq_variants,
+               latency_plan=plan.to_dict(), timer=("process CPU time" if threads == 1
+                                                   else "wall time") + ", interleaved, median of "
+               f"{int(p['rounds'])} rounds")
+    return out
+
+
+def write_alloc_results(results_dir: Path, records: list[dict[str, Any]], command: str) -> Path:
+    """`results_dir/allocators.json`: command, machine, CPU features, torch, date, alloc results."""
+    done = [r["result"] for r in records
+            if r.get("status") == "done" and r.get("result", {}).get("kind") == "alloc"]
+    path = Path(results_dir) / "allocators.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"command": command, "env": environment(command),
+                             "cpu_features": cpu_features(), "results": done})
+    return path
+
+
+__all__ = ["ALLOC_MODELS", "ALLOC_PRECISIONS", "ALLOC_THREADS", "MACS_FORMATS", "alloc_cells",
+           "run_alloc_cell", "write_alloc_results"]

@@ -1,0 +1,108 @@
+"""Markdown for the speed suite's allocator cells (`speed_alloc`), and the BENCHMARKS.md section
+rendered from `results/speed/allocators.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rankwise.bench.benchmarks_md import register_section
+
+_HEAD = ("model", "batch", "threads", "precision", "allocator", "measured speedup vs dense "
+         "(same precision)", "predicted", "MACs ×", "params ×", "energy kept", "formats")
+
+
+def _formats(f: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(f.items()))
+
+
+def _rows(r: dict[str, Any]) -> list[str]:
+    name = f"{r['model']} @{r['input_shape'][1]}²"
+    lead = [name, str(r["batch"]), str(r["threads"]), r["precision"]]
+    if not r.get("measured"):
+        return ["| " + " | ".join([*lead, "–", r.get("note", "not measured"), "", "", "", "",
+                                   ""]) + " |"]
+    out = []
+    dense = f"dense {r['dense_ms']:.1f} ms"
+    if "bf16_over_fp32" in r:
+        dense += f" (bf16 is {r['bf16_over_fp32']:.2f}× dense fp32)"
+    out.append("| " + " | ".join([*lead, "dense", dense, "", "1", "1", "1.000", ""]) + " |")
+    for v in r["variants"]:
+        pred = f"{v['predicted_x']:.2f}×" if "predicted_x" in v else ""
+        label = v["label"] + ("" if v.get("met", True) else " (target not met)")
+        if "vs_speedup" in v:
+            label += f" (that MACs model in the same run: {v['vs_speedup']:.2f}×)"
+        out.append("| " + " | ".join([*lead, label, f"{v['speedup']:.2f}× ({v['ms']:.1f} ms)",
+                                      pred, f"{v['macs_x']:.2f}", f"{v['params_x']:.2f}",
+                                      f"{v['energy']:.3f}", _formats(v["formats"])]) + " |")
+    return out
+
+
+def alloc_table(results: list[dict[str, Any]]) -> list[str]:
+    """Table lines, one row per variant of each alloc result (dense first)."""
+    lines = ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+    for r in results:
+        lines += _rows(r)
+    return lines
+
+
+def _goals(results: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in results:
+        if not r.get("measured") or r["model"] != "resnet50" or r["batch"] != 8:
+            continue
+        lat = next(v for v in r["variants"] if v["allocator"] == "latency")
+        need = 1.8 if r["precision"] == "fp32" else 1.6
+        eq = [v for v in r["variants"] if v["allocator"] == "latency-equal"]
+        kept = all(v["energy"] >= v["vs_energy"] for v in eq)
+        out.append(f"- ResNet-50 batch 8, {r['threads']} thread(s), {r['precision']}: latency "
+                   f"allocator at 0.5 → {lat['speedup']:.2f}× (goal ≥ {need}×: "
+                   f"{'met' if lat['speedup'] >= need else 'not met'}); at the MACs models' "
+                   f"measured time it keeps {'at least' if kept else 'less than'} their energy ("
+                   + ", ".join(f"{v['energy']:.3f} at {v['speedup']:.2f}× vs {v['vs_energy']:.3f} "
+                               f"at {v['vs_speedup']:.2f}×" for v in eq) + ").")
+    return out
+
+
+def alloc_markdown(records: list[dict[str, Any]], command: str | None = None) -> str:
+    """Markdown from `run_cells` records (or bare results) of alloc cells."""
+    results = [r.get("result", r) for r in records if r.get("status", "done") == "done"]
+    failed = [r for r in records if r.get("status", "done") != "done"]
+    env = next((r.get("env") for r in records if r.get("env")), {}) or {}
+    out = ["## Speed: latency-budget vs MACs-budget allocator (CPU)", ""]
+    if command:
+        out += [f"Command: `{command}`", ""]
+    out += [f"{env.get('date', '?')}, torch {env.get('torch', '?')}. Random-init models; every "
+            "speedup is against the dense model deployed the same way (BN folded, channels_last, "
+            "fp32 or bf16 weights and activations), timed interleaved with it (median of "
+            "rounds; process CPU time at 1 thread, wall time at 2). 'predicted' is the latency "
+            "table's estimate. Energy kept = mean retained σ² fraction over the convs (dense 1).",
+            "", *alloc_table(results), ""]
+    goals = _goals(results)
+    if goals:
+        out += ["Goals:", "", *goals, ""]
+    if failed:
+        out += ["Failed cells:", ""] + [f"- {r['key']}: {r.get('error', '?')}" for r in failed]
+        out.append("")
+    return "\n".join(out)
+
+
+@register_section("speed-allocators", order=40)
+def section(results_root: str | Path) -> str:
+    """The BENCHMARKS.md section from `results_root/speed/allocators.json` ('' if absent)."""
+    path = Path(results_root) / "speed" / "allocators.json"
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    feats = data.get("cpu_features", {})
+    env = data.get("env", {})
+    records = [{"status": "done", "result": r, "env": env} for r in data.get("results", [])]
+    head = (f"CPU: {feats.get('cpu', '?')}, flags {', '.join(feats.get('flags', [])) or '?'}, "
+            f"torch dispatch {feats.get('torch_cpu_capability', '?')}.")
+    text = alloc_markdown(records, data.get("command"))
+    first, _, rest = text.partition("\n\n")
+    return f"{first}\n\n{head}\n\n{rest}"
+
+
+__all__ = ["alloc_markdown", "alloc_table", "section"]

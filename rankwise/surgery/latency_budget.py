@@ -1,0 +1,333 @@
+"""`LatencyBudget`: a whole-model *measured-latency* target; ranks and formats chosen per layer.
+
+Like `MacsBudget` it is a global policy (`is_global = True`, resolved over all candidate layers at
+once), but its cost is the time each option takes on this machine in the deployed precision,
+read from a `LatencyTable` (measured once and cached; `analytic_ms` where not measured), and
+each k×k conv may become channel, spatial or Tucker-2 — or stay dense — whichever loses the
+least energy per millisecond saved (`latency_solve.solve`). Energy is each layer's retained σ²
+fraction in the chosen format (`budget.retained_energy`), the same proxy the MACs allocator uses.
+
+`target = ratio · T_dense`, `T_dense = fixed + Σ dense conv ms` at `batch`: the time outside
+the candidate convs (BN-free deployed model: activations, adds, pooling, fc) stays fixed; its
+share of the model is measured once per model and cached (`fixed_fraction`). Or `target_ms`
+directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rankwise.analysis.profile import trace_inputs
+from rankwise.errors import ConfigError
+from rankwise.io.export_precision import (
+    check_precision,
+    precision_context,
+    prepare_input,
+    to_deploy,
+)
+from rankwise.layers import FORMATS
+from rankwise.layers.shapes import ConvSpec
+from rankwise.surgery.budget import retained_energy
+from rankwise.surgery.latency_measure import (
+    CONV_FORMATS,
+    clock_for,
+    default_align,
+    fill_table,
+    interleaved_ms,
+    layer_options,
+)
+from rankwise.surgery.latency_solve import solve
+from rankwise.surgery.latency_table import (
+    DENSE,
+    LatencyTable,
+    Option,
+    TableKey,
+    analytic_ms,
+    layer_key,
+)
+
+Choice = tuple[str, int | tuple[int, ...]] | None
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """Whole-model latency target: `ratio` (after / before, in (0, 1]) or `target_ms`.
+
+    `precision` / `batch` / `threads` / `channels_last`: the setting the time is measured in
+    (deploy in the same one). `formats`: what a k×k conv may become (1×1 convs: channel only).
+    `align`: rank multiple (default 16 fp32, 32 bf16). `min_gain`: an option must be at least
+    this fraction faster than the dense layer in the table. `measure=False` never times: missing
+    entries use `analytic_ms`. `table`: a ready table (tests, offline use); `fixed_ms`: time
+    outside the candidate layers, if known (else measured from the dense model).
+    """
+
+    ratio: float | None = None
+    target_ms: float | None = None
+    precision: str = "fp32"
+    batch: int = 8
+    threads: int = 1
+    channels_last: bool = True
+    formats: tuple[str, ...] = CONV_FORMATS
+    align: int | None = None
+    min_gain: float = 0.03
+    measure: bool = True
+    cache_dir: str | None = None
+    fixed_ms: float | None = None
+    table: LatencyTable | None = field(default=None, compare=False, repr=False)
+
+    metric: ClassVar[str] = "latency"
+    is_global: ClassVar[bool] = True
+    needs_spectra: ClassVar[bool] = False  # latency_plan reads each format's spectra itself
+    needs_shapes: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.target_ms is None):
+            raise ConfigError("LatencyBudget needs exactly one of ratio= (e.g. 0.5 for 2× faster) "
+                              "or target_ms= (--target-latency MS)")
+        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"latency budget ratio must be in (0, 1], got {self.ratio}")
+        if self.target_ms is not None and not self.target_ms > 0.0:
+            raise ConfigError(f"--target-latency must be > 0 ms, got {self.target_ms}")
+        object.__setattr__(self, "precision", check_precision(self.precision))
+        object.__setattr__(self, "formats", tuple(self.formats))
+        bad = [f for f in self.formats if f not in CONV_FORMATS]
+        if bad or self.batch < 1 or self.threads < 1 or not 0.0 <= self.min_gain < 1.0:
+            raise ConfigError(f"LatencyBudget: formats {bad} not in {CONV_FORMATS}, or batch "
+                              f"{self.batch} / threads {self.threads} < 1, or min_gain "
+                              f"{self.min_gain} outside [0, 1)")
+
+    def select(self, spectra: Any, max_rank: Any, shapes: Any = None) -> tuple[int, ...]:
+        raise ConfigError(f"{self} is a global budget: it is resolved over all layers at once by "
+                          "rankwise.surgery.latency_budget.allocate_latency, not per layer")
+
+    def key(self) -> TableKey:
+        return TableKey.here(self.precision, self.threads, self.batch, self.channels_last)
+
+    def __str__(self) -> str:
+        head = (f"budget:latency={self.ratio!r}" if self.ratio is not None
+                else f"budget:latency_ms={self.target_ms!r}")
+        return f"{head},precision={self.precision},batch={self.batch},threads={self.threads}"
+
+
+_LAT = re.compile(r"budget:latency(_ms)?=([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)((?:,[a-z_]+=[^,]+)*)")
+
+
+def parse_latency_budget(text: str) -> LatencyBudget | None:
+    """`"budget:latency=0.5"` / `"budget:latency_ms=120,precision=bf16,batch=8,threads=1"` →
+    `LatencyBudget`; None if `text` is not a latency budget."""
+    m = _LAT.fullmatch(str(text).strip().lower().replace(" ", ""))
+    if not m:
+        return None
+    kw: dict[str, Any] = {"target_ms" if m.group(1) else "ratio": float(m.group(2))}
+    for part in filter(None, m.group(3).split(",")):
+        k, v = part.split("=", 1)
+        if k not in ("precision", "batch", "threads"):
+            raise ConfigError(f"rank {text!r}: unknown latency-budget option {k!r}; use "
+                              "precision=, batch=, threads=")
+        kw[k] = v if k == "precision" else int(v)
+    return LatencyBudget(**kw)
+
+
+@dataclass
+class LatencyPlan:
+    """What `latency_plan` chose; times in ms per forward pass at the policy's batch."""
+
+    choices: dict[str, Choice]
+    rows: list[dict[str, Any]]
+    dense_ms: float
+    fixed_ms: float
+    target_ms: float
+    predicted_ms: float
+    met: bool
+    energy: float  # mean retained energy over the candidate layers (dense = 1)
+    table_key: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"choices": {k: None if v is None else [v[0], v[1]] for k, v in
+                            self.choices.items()}, "rows": self.rows, "dense_ms": self.dense_ms,
+                "fixed_ms": self.fixed_ms, "target_ms": self.target_ms,
+                "predicted_ms": self.predicted_ms, "met": self.met, "energy": self.energy,
+                "table_key": self.table_key}
+
+
+def _conv_candidates(model: nn.Module, candidates: Any) -> list[tuple[str, nn.Module]]:
+    """(name, module) pairs from names, pairs, or objects with `.name` / `.module`."""
+    if candidates is None:
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    out = []
+    for c in candidates:
+        if isinstance(c, str):
+            out.append((c, model.get_submodule(c)))
+        elif isinstance(c, tuple):
+            out.append((str(c[0]), c[1]))
+        else:
+            out.append((str(c.name), c.module))
+    return out
+
+
+def model_fingerprint(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """`"model:<sha>"` of the module tree and input shape: the table row of the dense model
+    (`{"fixed_share": share of time outside the candidate convs}`)."""
+    text = repr(model) + repr(tuple(int(s) for s in input_shape))
+    return "model:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence[str],
+                   policy: LatencyBudget, rounds: int = 3) -> float:
+    """Share of the deployed dense model's time spent outside the convs `names`.
+
+    The model (`to_deploy` in the policy's precision) and the convs alone (each run on the
+    input it gets in the model) are timed interleaved, so the share does not depend on the load
+    at the time; the allocator scales it to the table's units:
+    `fixed_ms = share / (1 − share) · Σ dense conv ms`.
+    """
+    d = to_deploy(model, policy.precision, policy.channels_last).model
+    x = prepare_input(torch.randn((policy.batch, *input_shape)), policy.precision,
+                      policy.channels_last)
+    mods = {n: d.get_submodule(n) for n in names}
+    inputs: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.__setitem__(n, a[0]))
+               for n, m in mods.items()]
+    with precision_context(policy.precision):
+        d(x)
+    for h in handles:
+        h.remove()
+    shared: dict[tuple[Any, ...], torch.Tensor] = {}  # one input tensor per distinct shape
+    for n, t in inputs.items():
+        inputs[n] = shared.setdefault((tuple(t.shape), t.dtype), t)
+
+    def convs_only() -> None:
+        for n, m in mods.items():
+            if n in inputs:
+                m(inputs[n])
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(policy.threads)
+    try:
+        with precision_context(policy.precision):
+            total, convs = interleaved_ms([lambda: d(x), convs_only], rounds=rounds,
+                                          block_s=0.0, clock=clock_for(policy.threads))
+    finally:
+        torch.set_num_threads(old)
+    return min(0.95, max(0.0, 1.0 - convs / total))
+
+
+def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
+                 example_inputs: torch.Tensor | Sequence[int]) -> LatencyPlan:
+    """Choose `(format, rank)` or dense per candidate conv of `model` for `policy`'s target.
+
+    `candidates`: conv names, `(name, module)` pairs, objects with `.name`/`.module` (what
+    `decompose` selects), or None for every `nn.Conv2d`; non-conv candidates stay dense.
+    `example_inputs`: a `(B, C, H, W)` tensor or the shape without batch (only its shape is
+    used; the batch is `policy.batch`). Measures missing table entries when `policy.measure`.
+    """
+    shape = tuple(int(s) for s in (example_inputs.shape[1:] if isinstance(
+        example_inputs, torch.Tensor) else example_inputs))
+    pairs = _conv_candidates(model, candidates)
+    convs = {n: m for n, m in pairs if isinstance(m, nn.Conv2d)}
+    seen = trace_inputs(model, shape, convs)
+    align = policy.align or default_align(policy.precision)
+    table = policy.table if policy.table is not None else LatencyTable.load(policy.key(),
+                                                                            policy.cache_dir)
+    layers = {}
+    for name, conv in convs.items():
+        if name in seen:
+            spec, hw = ConvSpec.from_conv(conv), (int(seen[name][-2]), int(seen[name][-1]))
+            layers[name] = (spec, hw, layer_options(spec, hw, policy.formats, align))
+    if policy.measure:
+        fill_table(table, layers)
+
+    def ms(spec: ConvSpec, hw: tuple[int, int], o: Option) -> tuple[float, str]:
+        v = table.get(layer_key(spec, hw), o)
+        if v is not None:
+            return v, "measured"
+        return analytic_ms(spec, hw, o, policy.precision, policy.batch), "analytic"
+
+    names, opts, info = list(layers), [], []
+    for name in names:
+        spec, hw, options = layers[name]
+        w = convs[name].weight.detach().float()
+        spectra = {f: FORMATS[f].spectra(w, spec) for f in {o[0] for o in options[1:]}}
+        row = [(ms(spec, hw, o), 1.0 if o == DENSE else retained_energy(spectra[o[0]], o[1]))
+               for o in options]
+        opts.append([(t, 1.0 - e) for (t, _), e in row])
+        info.append([(src, e) for (_, src), e in row])
+    dense_sum = sum(o[0][0] for o in opts)
+    fixed = policy.fixed_ms
+    if fixed is None:
+        fp = model_fingerprint(model, shape)
+        share = table.entries.get(fp, {}).get("fixed_share")
+        if share is None and policy.measure:
+            share = fixed_fraction(model, shape, names, policy)
+            table.entries[fp] = {"fixed_share": share}
+            if table.path is not None:
+                table.save()
+        share = float(share or 0.0)
+        fixed = share / (1.0 - share) * dense_sum
+    dense_ms = fixed + dense_sum
+    target = policy.target_ms if policy.target_ms is not None else policy.ratio * dense_ms
+    sol = solve(opts, target, fixed, policy.min_gain)
+    choices: dict[str, Choice] = {n: None for n, _ in pairs}
+    rows = []
+    for i, name in enumerate(names):
+        fmt, rank = layers[name][2][sol.picks[i]]
+        choices[name] = None if fmt == "dense" else (fmt, rank[0] if len(rank) == 1 else rank)
+        rows.append({"name": name, "layer": layer_key(*layers[name][:2]), "format": fmt,
+                     "rank": list(rank), "ms": opts[i][sol.picks[i]][0],
+                     "dense_ms": opts[i][0][0], "energy": info[i][sol.picks[i]][1],
+                     "source": info[i][sol.picks[i]][0]})
+    if not sol.met:
+        warnings.warn(f"{policy}: target {target:.3f} ms is out of reach; the fastest plan "
+                      f"predicts {sol.total_ms:.3f} ms (dense {dense_ms:.3f} ms)", stacklevel=2)
+    energy = sum(r["energy"] for r in rows) / len(rows) if rows else 1.0
+    return LatencyPlan(choices, rows, dense_ms, fixed, target, sol.total_ms, sol.met, energy,
+                       table.key.to_dict())
+
+
+def allocate_latency(model: nn.Module, candidates: Any, policy: LatencyBudget,
+                     example_inputs: torch.Tensor | Sequence[int]) -> dict[str, Choice]:
+    """`{layer name: (format, rank) | None (keep dense)}` for `policy` (see `latency_plan`)."""
+    return latency_plan(model, candidates, policy, example_inputs).choices
+
+
+def apply_choices(model: nn.Module, choices: dict[str, Choice], inplace: bool = False
+                  ) -> nn.Module:
+    """`model` with each chosen layer replaced by `FORMATS[fmt].from_dense(layer, rank)`."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, choice in choices.items():
+        if choice is None:
+            continue
+        old = model.get_submodule(name)
+        with torch.no_grad():
+            new = FORMATS[choice[0]].from_dense(old, choice[1])
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype).train(old.training)
+        model.set_submodule(name, new)
+    return model
+
+
+def mean_energy(model: nn.Module, choices: dict[str, Choice]) -> float:
+    """Mean over `choices` of each layer's retained σ² fraction (dense = 1) in its format."""
+    vals = []
+    for name, choice in choices.items():
+        if choice is None:
+            vals.append(1.0)
+            continue
+        conv = model.get_submodule(name)
+        spec, (fmt, rank) = ConvSpec.from_conv(conv), choice
+        r = (rank,) if isinstance(rank, int) else tuple(rank)
+        vals.append(retained_energy(FORMATS[fmt].spectra(conv.weight.detach().float(), spec), r))
+    return sum(vals) / len(vals) if vals else 1.0
+
+
+__all__ = ["Choice", "LatencyBudget", "LatencyPlan", "allocate_latency", "apply_choices",
+           "latency_plan", "mean_energy", "model_fingerprint", "parse_latency_budget"]

@@ -1,0 +1,170 @@
+"""cifar10 suite: rows as data, commands, collect from finished run dirs, the section."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rankwise.bench.cifar10 import (
+    BenchRow,
+    Step,
+    commands,
+    pending_commands,
+    schedule_args,
+    suite_rows,
+)
+from rankwise.bench.cifar10_collect import collect, reference_flops
+from rankwise.bench.cifar10_report import section
+from rankwise.bench.papers import paper_row
+from rankwise.io.model_file import save
+from rankwise.layers import FORMATS
+from rankwise.models import create_model
+
+
+def test_rows_are_unique_and_cover_the_issue() -> None:
+    rows = suite_rows()
+    names = [r.name for r in rows]
+    assert len(names) == len(set(names))
+    kinds = {(r.model, r.method, r.scheme) for r in rows}
+    for model in ("resnet20", "resnet56"):
+        assert (model, "dense", None) in kinds
+        for scheme in ("channel", "spatial"):
+            assert {(model, "trp", scheme), (model, "trp+nu", scheme),
+                    (model, "decompose+ft", scheme)} <= kinds
+        assert (model, "elrt", "tucker2") in kinds and (model, "pipeline", None) in kinds
+        assert sum(1 for r in rows if r.model == model and r.method == "sfw") == 2
+    assert len(suite_rows(("r20",), seeds=(0, 1))) == 2 * len(suite_rows(("r20",)))
+
+
+def test_commands_match_the_queued_runs_and_order_dependencies() -> None:
+    cmds = dict(commands(suite_rows(("r20",))))
+    dense = cmds["r20-dense"]
+    for flag in ("--model resnet20", "--dataset cifar10", "--epochs 40", "--schedule cosine",
+                 "--lr 0.1", "--wd 1e-4", "--batch-size 128", "--precision bf16",
+                 "--channels-last", "--num-threads 1", "--out runs/cifar10/r20-dense"):
+        assert flag in dense
+    trpnu = cmds["r20-trpnu-nc"]
+    for flag in ("--method trp", "--trp-scheme channel", "--trp-energy 0.9",
+                 "--trp-period 1", "--nuclear-weight 3e-4"):
+        assert flag in trpnu
+    assert "--nuclear-weight 0" in cmds["r20-trp-vh"] and "spatial" in cmds["r20-trp-vh"]
+    sfw = cmds["r20-sfw-ksup"]
+    assert sfw.count("--lr ") == 1 and sfw.count("--wd ") == 1 and "--wd 0" in sfw
+    order = list(cmds)
+    assert order.index("r20-dense") < order.index("r20-decomp-nc-ft")
+    assert order.index("r20-trpnu-nc") < order.index("r20-pipeline")
+    assert order.index("r20-sfw-ksup") < order.index("r20-sfw-ksup-sweep")
+    assert "sweep runs/cifar10/r20-sfw-ksup " in cmds["r20-sfw-ksup-sweep"]
+    assert "--checkpoint runs/cifar10/r20-dense " in cmds["r20-decomp-nc-ft"]
+    assert "r20-trpnu-nc/factorized" in cmds["r20-pipeline"]
+    assert schedule_args("paper")[:6] == ("--epochs", "164", "--schedule", "step",
+                                          "--milestones", "82,122")
+
+
+def test_pending_commands_skip_finished_steps(tmp_path: Path) -> None:
+    rows = suite_rows(("r20",))
+    (tmp_path / "r20-dense").mkdir()
+    (tmp_path / "r20-dense" / "summary.json").write_text("{}")
+    pending = [n for n, _ in pending_commands(tmp_path, rows)]
+    assert "r20-dense" not in pending and "r20-trpnu-nc" in pending
+    assert all(str(tmp_path) in c for _, c in pending_commands(tmp_path, rows))
+
+
+def test_reference_flops_by_hand() -> None:
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    net = nn.Sequential(conv, nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    assert reference_flops(net, (3, 8, 8)) == 8 * 3 * 9 * 64  # the FC is excluded
+    r = 2
+    fact = nn.Sequential(FORMATS["channel"].from_dense(conv, r), nn.Flatten(),
+                         nn.Linear(8 * 8 * 8, 10))
+    # NC per output pixel: c·kh·kw·r + r·n
+    assert reference_flops(fact, (3, 8, 8)) == (3 * 9 * r + r * 8) * 64
+    strided = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    assert reference_flops(strided, (3, 8, 8)) == 4 * 3 * 9 * 16
+
+
+def test_paper_rows_match_by_model_method_and_scheme() -> None:
+    assert paper_row("resnet20", "trp+nu", "channel").acc == pytest.approx(90.50)
+    assert paper_row("resnet20", "trp+nu", "spatial").drop == pytest.approx(91.74 - 90.62)
+    assert paper_row("resnet20", "trp", "channel") is None
+    assert paper_row("resnet56", "trp+nu", "spatial").comparable is False
+
+
+def _fake_runs(root: Path) -> list[BenchRow]:
+    """A finished dense run (tiny ResNet-20 on synthetic data), its sweep, a pipeline report,
+    and an unfinished TRP row."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=4)
+    dense = root / "r20-dense"
+    save(model, dense, arch="resnet20", arch_kwargs={"width": 4}, input_shape=(3, 32, 32))
+    config = {"dataset": {"name": "synthetic", "limit_test": 16, "kwargs": {
+        "size": 16, "shape": [3, 32, 32], "num_classes": 10, "seed": 0}},
+        "input_shape": [3, 32, 32], "train": {"epochs": 40, "schedule": "cosine", "lr": 0.1}}
+    (dense / "config.json").write_text(json.dumps(config))
+    (dense / "summary.json").write_text(json.dumps({"test_acc": 0.1}))
+    sweep = root / "r20-dense-sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"kind": "lowrank", "runs": {"r20-dense": [
+        {"ratio": 0.0, "acc": 0.5, "params": 100, "macs": 1000},
+        {"ratio": 0.5, "acc": 0.25, "params": 60, "macs": 500}]}}))
+    pipe = root / "r20-pipeline"
+    pipe.mkdir()
+    (pipe / "report.json").write_text(json.dumps({"stages": [
+        {"stage": "input", "acc": 0.5, "params": 100, "macs": 1000, "bytes_fp32": 400},
+        {"stage": "entropy", "acc": 0.4, "params": 100, "macs": 1000, "bytes_fp32": 400,
+         "bytes_int8": 100, "bytes_coded": 42}]}))
+    return [
+        BenchRow("r20-dense", "resnet20", "dense", None, "dense (SGD)", "model",
+                 (Step(("train", "--out", "{runs}/r20-dense"), "r20-dense", "summary.json"),)),
+        BenchRow("r20-trpnu-nc", "resnet20", "trp+nu", "channel", "TRP+Nu NC", "trp",
+                 (Step(("train", "--method", "trp"), "r20-trpnu-nc", "summary.json"),)),
+        BenchRow("r20-dense-sweep", "resnet20", "sgd-sweep", "channel", "SGD, truncated",
+                 "sweep", (Step(("sweep",), "r20-dense-sweep", "sweep.json"),),
+                 needs=("r20-dense",)),
+        BenchRow("r20-pipeline", "resnet20", "pipeline", None, "pipeline", "compress",
+                 (Step(("compress",), "r20-pipeline", "report.json"),), needs=("r20-trpnu-nc",)),
+    ]
+
+
+def test_collect_writes_finished_rows_and_section_lists_pending(tmp_path: Path) -> None:
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    rows = _fake_runs(runs)
+    written = collect(runs, results / "cifar10", rows=rows, latency=False)
+    assert sorted(p.name for p in written) == ["r20-dense-sweep.json", "r20-dense.json",
+                                               "r20-pipeline.json"]
+    rec = json.loads((results / "cifar10" / "r20-dense.json").read_text())
+    for key in ("command", "commit", "machine", "date", "seed", "metrics", "schedule"):
+        assert key in rec
+    assert rec["command_source"] == "suite definition"
+    m = rec["metrics"]
+    model = create_model("resnet20", width=4)
+    assert m["params"] == sum(p.numel() for p in model.parameters())
+    assert m["flops_reference"] == reference_flops(model, (3, 32, 32))
+    assert m["macs"] > m["flops_reference"] / 1024  # per sample, FC included (not per pixel)
+    assert 0.0 <= m["acc"] <= 100.0
+    sweep = json.loads((results / "cifar10" / "r20-dense-sweep.json").read_text())
+    assert [s["acc"] for s in sweep["metrics"]["sweep"]] == [50.0, 25.0]
+    pipe = json.loads((results / "cifar10" / "r20-pipeline.json").read_text())
+    assert pipe["metrics"]["bytes"] == 42 and pipe["metrics"]["acc"] == pytest.approx(40.0)
+    # unchanged sources are not rewritten; a touched marker is
+    assert collect(runs, results / "cifar10", rows=rows, latency=False) == []
+    marker = runs / "r20-pipeline" / "report.json"
+    os.utime(marker, (marker.stat().st_atime, marker.stat().st_mtime + 10))
+    assert [p.name for p in collect(runs, results / "cifar10", rows=rows, latency=False)] == [
+        "r20-pipeline.json"]
+
+    md = section(results, rows=rows, runs_dir=runs)
+    pending = next(line for line in md.splitlines() if line.startswith("| TRP+Nu NC"))
+    assert "**pending**" in pending and "--method trp" in pending
+    cells = [c.strip() for c in pending.split("|")]
+    assert cells[2] == "**pending**" and cells[3] == ""  # no numbers of ours
+    assert cells[4] == "90.50" and cells[5] == "-1.24"  # the paper's, beside it
+    dense_line = next(line for line in md.splitlines() if line.startswith("| dense (SGD)"))
+    assert "91.74" in dense_line and f"{m['acc']:.2f}" in dense_line
+    assert "| 0.5 | 25.00 |" in md  # the sweep table
+    assert "0.0" in md and "40 ep cosine" in md

@@ -1,0 +1,57 @@
+"""bench.real_models: the Markdown section from hand-written JSON records; export_paths cells."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from rankwise.bench.real_models import PATHS, export_paths, section
+
+
+def _record(model: str) -> dict:
+    ok = {"ok": True, "max_abs_err": 3e-7, "seconds": 1.0}
+    return {
+        "model": model, "spec": f"tv:{model}", "kind": "conv net", "rank": "ratio:0.25",
+        "input_shape": [3, 224, 224], "environment": {"torch": "x", "threads": 1},
+        "dense": {"params": 1000, "macs": 4_000_000_000,
+                  "latency_ms": {"fp32": 10.0, "bf16": 20.0}},
+        "fvcore": {"total": 4_040_000_000,
+                   "by_operator": {"conv": 3_900_000_000, "linear": 100_000_000,
+                                   "batch_norm": 40_000_000}},
+        "variants": {
+            "rankwise": {"formats": ["svd", "tucker2"], "params": 250, "macs": 2_000_000_000,
+                         "latency_ms": {"fp32": 5.0, "bf16": 8.0},
+                         "export": {**{p: ok for p in PATHS},
+                                    "script": {"ok": False, "error": "RuntimeError: boom"}}},
+            "tltorch": {"error": "ValueError: no"},
+        },
+    }
+
+
+def test_section_ratios_and_statuses(tmp_path):
+    folder = tmp_path / "real_models"
+    folder.mkdir()
+    (folder / "resnet50.json").write_text(json.dumps(_record("resnet50")))
+    md = section(tmp_path)
+    row = next(line for line in md.splitlines() if line.startswith("| resnet50 | rankwise"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == ["4.00×", "2.00×", "2.00×", "2.50×"]  # dense ÷ factorized
+    assert cells[7] == "ok (3e-07)" and cells[-1] == "fail: RuntimeError: boom"
+    assert "| resnet50 | tltorch | fail: ValueError: no |" in md
+    assert "| 4.000 G | 4.040 G | 1.010 | 1.000 |" in md  # conv + linear = 4.0 G
+    assert section(tmp_path / "empty") == ""
+
+
+def test_export_paths_reports_failures_per_path():
+    class Unscriptable(nn.Module):
+        def forward(self, *xs: torch.Tensor) -> torch.Tensor:  # TorchScript has no varargs
+            return xs[0] * 2
+
+    quick = ("trace", "script")
+    cells = export_paths(nn.Sequential(nn.Linear(3, 2)).eval(), torch.randn(1, 3), paths=quick)
+    assert set(cells) == set(quick) and all(c["ok"] for c in cells.values())
+    assert cells["trace"]["max_abs_err"] < 1e-6
+    bad = export_paths(Unscriptable(), torch.randn(1, 3), paths=quick)
+    assert bad["trace"]["ok"] and not bad["script"]["ok"] and "Error" in bad["script"]["error"]

@@ -1,0 +1,53 @@
+"""`rankwise export`: a deployment copy that reloads with its settings and stays within bf16
+tolerance of float32; refuses a foreign output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import rankwise
+from rankwise.cli import main
+from rankwise.io.export_precision import load_deploy
+
+
+def _saved(tmp_path):
+    torch.manual_seed(0)
+    model = rankwise.create_model("resnet20", width=4).eval()
+    small, _ = rankwise.decompose(model, format="tucker2", rank="ratio:0.5")
+    rankwise.save(small, tmp_path / "m", input_shape=(3, 32, 32))
+    return small
+
+
+def test_export_bf16_reloads_deployed_and_close_to_fp32(tmp_path, capsys):
+    small = _saved(tmp_path)
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "d"), "--check"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["precision"] == "bf16" and summary["max_abs_diff_vs_fp32_relative"] < 5e-2
+    deployed = load_deploy(tmp_path / "d")
+    assert deployed.precision == "bf16"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref, got = small.eval()(x), deployed(x).float()
+    assert 0 < float((got - ref).abs().max()) < 5e-2 * float(ref.abs().max())
+    again = rankwise.load(tmp_path / "d")  # the float32 weights load as a plain model too
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), ref)
+
+
+def test_export_refuses_a_foreign_output_folder(tmp_path, capsys):
+    _saved(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--precision=fp16"])
+def test_export_bad_precision_is_one_line(tmp_path, capsys, flag):
+    _saved(tmp_path)
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "d"), flag]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
