@@ -118,8 +118,8 @@ def _test_data(config: dict[str, Any]) -> Any:
 def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],
                   latency: bool = True) -> dict[str, Any]:
     """acc (%), params, macs (rankwise), flops_reference, latency_ms of a loaded model."""
+    from rankwise.analysis.accuracy import evaluate
     from rankwise.analysis.profile import count
-    from rankwise.train.evaluate import evaluate
 
     model = model.float().eval()
     _, params, macs = count(model, input_shape)

@@ -14,6 +14,7 @@ from torch import nn
 from rankwise.analysis.profile import count, trace_inputs
 from rankwise.bench.speed_ranks import CONV_FORMATS, budget_factorize, rank_for_macs
 from rankwise.bench.speed_timing import latency_rows, part_latency
+from rankwise.errors import ConfigError
 from rankwise.layers import FORMATS
 from rankwise.layers.base import Rank
 from rankwise.layers.shapes import ConvSpec, conv2d_macs, conv2d_params
@@ -71,7 +72,11 @@ def _run_layer(p: dict[str, Any]) -> dict[str, Any]:
 
 def _decomp_reference(fmt: str, w: torch.Tensor, rank: Rank, iters: int) -> None:
     """Decompose `w (n, c, kh, kw)` with numpy / tensorly (the comparison implementation)."""
-    from tensorly.decomposition import parafac, partial_tucker
+    try:
+        from tensorly.decomposition import parafac, partial_tucker
+    except ImportError as e:
+        raise ConfigError("the decomposition-speed cells compare against tensorly: pip install "
+                          "'rankwise[tensorly]' (or run --kinds layer,model,alloc)") from e
 
     n, c, kh, kw = w.shape
     if fmt in ("channel", "spatial"):

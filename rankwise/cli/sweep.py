@@ -50,7 +50,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     from rankwise.cli import output_of
     from rankwise.cli.eval import load_run_model
     from rankwise.cli.train import load_split
-    from rankwise.compress.sweep import filter_sweep, lowrank_sweep, parse_ratios, write_sweep
+    from rankwise.compress.sweep import filter_sweep, lowrank_sweep, parse_ratios
+    from rankwise.compress.sweep_report import write_sweep
     from rankwise.io.atomic import atomic_dir, check_replaceable, json_text
 
     ratios = parse_ratios(args.ratios)

@@ -224,7 +224,7 @@ def run_pipeline(model: nn.Module, cfg: PipelineConfig, input_shape: Sequence[in
     Args:
         model: a float model (dense or already factorized).
         input_shape: one sample's shape without batch, e.g. (3, 32, 32) (MACs, surgery).
-        evaluate: `model -> {"acc", "loss"}` (e.g. `rankwise.train.evaluate` on a test split);
+        evaluate: `model -> {"acc", "loss"}` (e.g. `rankwise.analysis.accuracy` on a test split);
             None leaves accuracy empty.
     Returns a `PipelineResult`; `result.model` is the final float model (eval mode).
     """

@@ -33,16 +33,18 @@ from torch import nn
 from rankwise.errors import ConfigError
 from rankwise.methods.base import CompressionMethod
 from rankwise.methods.elrt_build import (  # the model building; re-exported
+    build_factorized,
+    build_model,
+    elrt_summary,
+)
+from rankwise.methods.elrt_build import round_rank as round_rank
+from rankwise.methods.elrt_config import (
     CONV_FORMATS,
     LINEAR_FORMATS,
     REPORT,
     ELRTConfig,
-    build_factorized,
-    build_model,
-    elrt_summary,
     resolve_policy,
 )
-from rankwise.methods.elrt_build import round_rank as round_rank
 from rankwise.methods.registry import register_method
 from rankwise.methods.regularizers import orthogonality_penalty
 from rankwise.options import to_dict

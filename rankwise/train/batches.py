@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.train.evaluate import autocast, evaluate
+from rankwise.analysis.accuracy import autocast, evaluate
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 

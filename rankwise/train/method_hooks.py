@@ -225,7 +225,7 @@ class SubspaceHook(Hook):
     def _closure(self, trainer: Trainer) -> Callable[[], torch.Tensor]:
         """Loss of the current batch at the current parameters, train mode, buffers restored;
         averaged over DDP ranks so that every rank's line search takes the same decision."""
-        from rankwise.train.evaluate import autocast
+        from rankwise.analysis.accuracy import autocast
 
         def closure() -> torch.Tensor:
             if self._loader is None or self._loader.last is None:
@@ -266,7 +266,7 @@ def input_shape_of(trainer: Trainer) -> tuple[int, ...] | None:
 
 
 def accuracy(trainer: Trainer, model: nn.Module) -> float | None:
-    from rankwise.train.evaluate import evaluate
+    from rankwise.analysis.accuracy import evaluate
 
     if trainer.test_data is None:
         return None
@@ -275,7 +275,7 @@ def accuracy(trainer: Trainer, model: nn.Module) -> float | None:
 
 def run_sweeps(trainer: Trainer, opts: SweepOptions, label: str) -> dict[str, Any]:
     """The sweeps of `opts` written to `RUN/sweep-KIND/` (main process); short rows back."""
-    from rankwise.compress.sweep import write_sweep
+    from rankwise.compress.sweep_report import write_sweep
 
     if trainer.test_data is None or not opts.sweep_kinds() or not trainer.is_main:
         return {}

@@ -243,7 +243,7 @@ class ELRTRecipe(Recipe):
 
     def finalize(self, trainer: Trainer, cfg: ELRTConfig) -> dict[str, Any]:
         """Evaluate, save the factorized model and write `elrt_report.json`."""
-        from rankwise.train.evaluate import evaluate
+        from rankwise.analysis.accuracy import evaluate
 
         model = trainer.model
         elrt = mh.method_of(trainer, ELRT) or ELRT(model, cfg)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.analysis.accuracy import autocast
 from rankwise.errors import ConfigError, NonFiniteLossError
 from rankwise.train import distributed as D
 from rankwise.train.batches import (
@@ -37,7 +38,6 @@ from rankwise.train.checkpoint import (
     trainer_state,
 )
 from rankwise.train.config import TrainConfig, check_device
-from rankwise.train.evaluate import autocast
 from rankwise.train.hooks import Hook
 from rankwise.train.logger import RunLogger, dumps, epoch_line, make_progress, repair_metrics
 from rankwise.train.optim import make_sgd

@@ -107,6 +107,7 @@ def test_rank_for_macs_hand_counts():
 
 
 def test_decomposition_cells_ours_and_tensorly_with_subset_extrapolation(tmp_path):
+    pytest.importorskip("tensorly")  # optional extra: the comparison implementation
     base = {"kind": "decomp", "model": "resnet20", "model_kw": {"width": 4}, "num_classes": 10,
             "input_shape": [3, 8, 8], "ratio": 2.0, "cp_iters": 2, "seed": 0, "threads": 1}
     cells = [Cell(f"decomp/{fmt}/{impl}", {**base, "format": fmt, "impl": impl,

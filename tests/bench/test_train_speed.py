@@ -15,8 +15,8 @@ from rankwise.bench.train_speed import (
     main,
     measure_augmentation_throughput,
     measure_train_throughput,
-    train_speed_markdown,
 )
+from rankwise.bench.train_speed_report import train_speed_markdown
 from rankwise.data import make_synthetic
 from rankwise.errors import DatasetNotFoundError
 
@@ -99,7 +99,8 @@ def test_markdown(throughput, augmentation):
     assert train_speed_markdown({}).startswith("## Trainer speed")
 
 
-def test_fashion_mnist_tiny_run(tmp_path):
+def test_fashion_mnist_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANKWISE_OFFLINE", "1")  # a test never downloads
     try:
         r = fashion_mnist_run(epochs=1, batch_size=32, limit_train=128, limit_test=64,
                               threads=1, out_dir=tmp_path / "run", model_kwargs=TINY)

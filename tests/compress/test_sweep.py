@@ -10,15 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from rankwise.compress.sweep import (
-    filter_sweep,
-    lowrank_sweep,
-    parse_ratios,
-    plot_sweep,
-    sweep_markdown,
-    truncate_model,
-    write_sweep,
-)
+from rankwise.compress.sweep import filter_sweep, lowrank_sweep, parse_ratios, truncate_model
+from rankwise.compress.sweep_report import plot_sweep, sweep_markdown, write_sweep
 from rankwise.data.synthetic import make_synthetic
 from rankwise.errors import ConfigError
 from rankwise.train import evaluate
