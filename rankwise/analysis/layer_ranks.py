@@ -26,7 +26,7 @@ from torch import nn
 
 from rankwise.errors import ConfigError
 from rankwise.layers.base import FactorizedLayer
-from rankwise.linalg.grouped import channel_matricize_groups, spatial_matricize_groups
+from rankwise.linalg.grouped import matricize_groups
 from rankwise.linalg.spectra import (
     effective_rank,
     energy_curve,
@@ -91,20 +91,6 @@ class LayerRankStats:
         if with_spectrum:
             d["spectrum"] = [float(s) for s in self.spectrum]
         return d
-
-
-def matricize_groups(w: torch.Tensor, scheme: str, groups: int = 1) -> torch.Tensor:
-    """A weight's matricization per group: conv `(n, c/g, kh, kw) -> (g, p, q)`, linear
-    `(out, in) -> (1, out, in)`."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown matricization scheme {scheme!r}; choose one of {SCHEMES}")
-    if w.dim() == 2:
-        return w.unsqueeze(0)
-    if w.dim() != 4:
-        raise ConfigError(f"expected a 2-D or 4-D weight, got shape {tuple(w.shape)}")
-    if scheme == "channel":
-        return channel_matricize_groups(w, groups)
-    return spatial_matricize_groups(w, groups)
 
 
 def weight_spectrum(w: torch.Tensor, scheme: str = "channel", groups: int = 1) -> torch.Tensor:

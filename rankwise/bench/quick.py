@@ -309,11 +309,21 @@ def section(results_root: Path) -> str:
     from rankwise.bench.report import summarize, to_markdown
 
     files = load_result_files(Path(results_root) / "quick")
+    timings = "".join(main_job_line(r) for r in load_result_files(Path(results_root) / "main-job"))
     if not files:
-        return ""
+        return "## Quick suite (CPU)\n\n" + timings if timings else ""
     results = [{"status": "done", "result": f["metrics"], "params": f.get("params", {}),
                 "env": f.get("env", {})} for f in files]
     commands = sorted({f.get("command") or "?" for f in files})
-    text = "## Quick suite (CPU)\n\n" + suite_header("quick", results)
+    text = "## Quick suite (CPU)\n\n" + timings + suite_header("quick", results)
     text += "Command: " + "; ".join(f"`{c}`" for c in commands) + "\n\n"
     return text + to_markdown(summarize(results))
+
+
+def main_job_line(r: dict[str, Any]) -> str:
+    """One line for a timed run of the README's main job (`results/main-job/*.json`: command,
+    wall_s, where, machine, threads, date, commit)."""
+    return (f"The README's main job from a clean clone ({r.get('where', '')}) took "
+            f"**{float(r['wall_s']) / 60:.1f} min** wall: `{r.get('command')}` on "
+            f"{r.get('machine')}, {r.get('threads')}, {r.get('date')}, commit "
+            f"{r.get('commit')}.\n\n")

@@ -38,13 +38,7 @@ from rankwise.compress.prune import dense_layer_macs, layer_input_sizes
 from rankwise.errors import ConfigError, UnsupportedLayerError
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec, LinearSpec
-from rankwise.linalg.grouped import (
-    channel_matricize_groups,
-    channel_unmatricize_groups,
-    spatial_matricize_groups,
-    spatial_unmatricize_groups,
-    svd_dtype,
-)
+from rankwise.linalg.grouped import matricize_groups, svd_dtype, unmatricize_groups
 from rankwise.linalg.spectra import ratio_rank
 from rankwise.linalg.svd import low_rank_approx
 
@@ -102,23 +96,6 @@ def lowrank_targets(model: nn.Module, include_linear: bool = False) -> list[tupl
     return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
 
 
-def _matricize(w: torch.Tensor, scheme: str, groups: int) -> torch.Tensor:
-    """`(g, p, q)` stack of a weight's per-group matrices (a linear weight is one matrix)."""
-    if w.dim() == 2:
-        return w.unsqueeze(0)
-    if scheme == "spatial":
-        return spatial_matricize_groups(w, groups)
-    return channel_matricize_groups(w, groups)
-
-
-def _unmatricize(m: torch.Tensor, scheme: str, shape: torch.Size) -> torch.Tensor:
-    if len(shape) == 2:
-        return m.reshape(shape)
-    if scheme == "spatial":
-        return spatial_unmatricize_groups(m, shape)
-    return channel_unmatricize_groups(m, shape)
-
-
 def layer_rank_plan(mod: nn.Module, ratio: float, scheme: str = "channel") -> tuple[str, int, int]:
     """`(format, max_rank, rank)` of one conv/linear at sweep ratio `ratio` (rank per group)."""
     spec = _spec_of(mod)
@@ -158,8 +135,8 @@ def truncate_model(
         sq_norm = float(w.detach().double().square().sum())
         sq_error = 0.0
         if rank < max_rank:
-            mats = _matricize(w.detach(), scheme, groups).to(svd_dtype(w.dtype))
-            low = _unmatricize(low_rank_approx(mats, rank), scheme, w.shape).to(w.dtype)
+            mats = matricize_groups(w.detach(), scheme, groups).to(svd_dtype(w.dtype))
+            low = unmatricize_groups(low_rank_approx(mats, rank), scheme, w.shape).to(w.dtype)
             sq_error = float((low.double() - w.double()).square().sum())
             w.copy_(low)
         size = sizes.get(name)

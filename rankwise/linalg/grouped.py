@@ -9,9 +9,14 @@ reduce to the plain matricizations of `rankwise.linalg.matricize`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from rankwise.errors import ConfigError
 from rankwise.linalg.svd import balanced_factors, svdvals
+
+SCHEMES = ("channel", "spatial", "nd")
 
 
 def svd_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -58,6 +63,36 @@ def spatial_unmatricize_groups(
     g = m.shape[0]
     blocks = m.reshape(g, n // g, kw, cg, kh).permute(0, 1, 3, 4, 2)
     return blocks.reshape(n, cg, kh, kw).contiguous()
+
+
+def matricize_groups(w: torch.Tensor, scheme: str = "channel", groups: int = 1) -> torch.Tensor:
+    """The one matricization dispatch: `(B, p, q)` matrices of a weight by `scheme`.
+
+    conv `W (n, c/g, kh, kw)`: "channel" (TRP's NC) `(g, n/g, (c/g)·kh·kw)`, "spatial" (VH)
+    `(g, (n/g)·kw, (c/g)·kh)`, "nd" (network decoupling) one `(c/g, kh·kw)` per output filter
+    (B = n); a linear `(out, in)` weight is one matrix `(1, out, in)` whatever the scheme.
+    """
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown matricization scheme {scheme!r}; choose one of {SCHEMES}")
+    if w.dim() == 2:
+        return w.unsqueeze(0)
+    if w.dim() != 4:
+        raise ConfigError(f"expected a 2-D or 4-D weight, got shape {tuple(w.shape)}")
+    if scheme == "nd":
+        return w.reshape(w.shape[0], w.shape[1], -1)
+    if scheme == "spatial":
+        return spatial_matricize_groups(w, groups)
+    return channel_matricize_groups(w, groups)
+
+
+def unmatricize_groups(m: torch.Tensor, scheme: str, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of `matricize_groups`: `(B, p, q)` → a weight of `shape`."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2 or scheme == "nd":
+        return m.reshape(shape)
+    if scheme == "spatial":
+        return spatial_unmatricize_groups(m, shape)
+    return channel_unmatricize_groups(m, shape)
 
 
 def grouped_balanced_factors(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

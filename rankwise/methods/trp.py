@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from rankwise.errors import ConfigError
+from rankwise.linalg.grouped import matricize_groups, unmatricize_groups
 from rankwise.methods.base import CompressionMethod
 from rankwise.methods.registry import register_method
 from rankwise.methods.trp_config import TRPConfig
-from rankwise.methods.trp_ops import matricize_weight, trp_project, unmatricize_weight
+from rankwise.methods.trp_ops import trp_project
 
 
 def find_targets(model: nn.Module, cfg: TRPConfig) -> list[str]:
@@ -91,7 +92,7 @@ class _Batch:
 
     names: list[str]
     params: list[nn.Parameter]
-    groups: int  # conv groups (what `matricize_weight` splits by)
+    groups: int  # conv groups (what `matricize_groups` splits by)
     rows: int  # matrices per target (groups, or n filters for "nd")
     ranks: torch.Tensor | None = None  # (len(names),) int64 on the device, last TRP step
 
@@ -139,7 +140,7 @@ class TRP(CompressionMethod):
                 continue
             seen.add(id(w))
             g = int(getattr(mod, "groups", 1))
-            rows, p, q = matricize_weight(w.detach(), self.cfg.scheme, g).shape
+            rows, p, q = matricize_groups(w.detach(), self.cfg.scheme, g).shape
             key = (g, rows, p, q, w.dtype, w.device)
             batches.setdefault(key, _Batch([], [], g, rows)).names.append(name)
             batches[key].params.append(w)
@@ -152,15 +153,15 @@ class TRP(CompressionMethod):
         power = 2 if cfg.energy_on == "sigma2" else 1
         self._subs = []
         for b in self.batches:
-            mats = torch.cat([matricize_weight(p, cfg.scheme, b.groups) for p in b.params])
+            mats = torch.cat([matricize_groups(p, cfg.scheme, b.groups) for p in b.params])
             low, sub, ranks = trp_project(mats, cfg.energy, approx=cfg.trp,
                                           subgrad=cfg.nuclear_weight > 0, power=power)
             for i, p in enumerate(b.params):
                 rows = slice(i * b.rows, (i + 1) * b.rows)
                 if low is not None:
-                    p.copy_(unmatricize_weight(low[rows], cfg.scheme, p.shape))
+                    p.copy_(unmatricize_groups(low[rows], cfg.scheme, p.shape))
                 if sub is not None:
-                    self._subs.append((p, unmatricize_weight(sub[rows], cfg.scheme, p.shape)))
+                    self._subs.append((p, unmatricize_groups(sub[rows], cfg.scheme, p.shape)))
             b.ranks = ranks.view(len(b.params), b.rows).amax(dim=1)
         self._sub_step = step
         self.trp_steps += 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rankwise.linalg.grouped import SCHEMES
 from rankwise.options import option, validate
 
-SCHEMES = ("channel", "spatial", "nd")
 COUNTINGS = ("rankwise", "reference", "trp")  # "trp": the old name of "reference"
 ENERGY_ON = ("sigma2", "sigma")
 

@@ -13,7 +13,6 @@ Also `trp_flops`, the reference code's cost counting (per output pixel, convs on
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,42 +23,10 @@ from rankwise.errors import NonFiniteLossError
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec, conv2d_output_hw
 from rankwise.linalg.grouped import (
-    channel_matricize_groups,
-    channel_unmatricize_groups,
-    spatial_matricize_groups,
-    spatial_unmatricize_groups,
     svd_dtype,
 )
 from rankwise.linalg.spectra import ENERGY_TOL
 from rankwise.linalg.svd import thin_svd
-
-SCHEMES = ("channel", "spatial", "nd")
-
-
-def matricize_weight(w: torch.Tensor, scheme: str, groups: int = 1) -> torch.Tensor:
-    """`W (n, c/g, kh, kw)` or `(out, in)` → `(B, p, q)`: the matrices TRP cuts.
-
-    channel (TRP "NC"): one `(n/g, (c/g)·kh·kw)` per group; spatial (TRP "VH", transposed):
-    `((n/g)·kw, (c/g)·kh)` per group; nd (network decoupling): one `(c/g, kh·kw)` per output
-    filter (B = n). A 2-D (linear) weight is one `(out, in)` matrix.
-    """
-    if w.dim() == 2:
-        return w.unsqueeze(0)
-    if scheme == "nd":
-        return w.reshape(w.shape[0], w.shape[1], -1)
-    if scheme == "spatial":
-        return spatial_matricize_groups(w, groups)
-    return channel_matricize_groups(w, groups)
-
-
-def unmatricize_weight(m: torch.Tensor, scheme: str, shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of `matricize_weight`: `(g, p, q)` → a tensor of `shape`."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 2 or scheme == "nd":
-        return m.reshape(shape)
-    if scheme == "spatial":
-        return spatial_unmatricize_groups(m, shape)
-    return channel_unmatricize_groups(m, shape)
 
 
 def batched_energy_ranks(s: torch.Tensor, energy: float, power: int = 2) -> torch.Tensor:

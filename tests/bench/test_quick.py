@@ -120,3 +120,15 @@ def test_quick_section_renders_saved_results(tmp_path):
     assert text.count("| synthetic/r20w4 |") == 2 and "-10.00" in text
     path = write_report(tmp_path / "BENCHMARKS.md", tmp_path)
     assert path.read_text() == text
+
+
+def test_quick_section_reports_the_timed_main_job(tmp_path):
+    from rankwise.bench.quick import section
+
+    (tmp_path / "main-job").mkdir()
+    (tmp_path / "main-job" / "clean-clone.json").write_text(json.dumps(
+        {"command": "rankwise bench quick", "wall_s": 630.0, "where": "fresh clone",
+         "machine": "x86_64", "threads": "1 thread", "date": "2026-12-06", "commit": "abc"}))
+    text = section(tmp_path)
+    assert text.startswith("## Quick suite") and "**10.5 min**" in text
+    assert section(tmp_path / "nothing") == ""
