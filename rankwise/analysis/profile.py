@@ -31,33 +31,38 @@ from rankwise.layers.shapes import ConvSpec, LinearSpec, conv2d_macs, linear_mac
 DENSE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
-def trace_inputs(model: nn.Module, input_shape: Sequence[int],
-                 modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the first positional input each module in `modules` receives, keyed by name.
-
-    Runs one forward pass on zeros of shape `(1, *input_shape)` in eval mode under `no_grad`
-    (BatchNorm statistics are not touched). Modules never called are absent from the result.
-    Raises `ConfigError` if the forward pass fails (usually a wrong `input_shape`).
-    """
+def record_input_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                        modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...]]:
+    """Shape of the first tensor input each module in `modules` receives, in call order, from
+    one forward pass `model(*args, **kwargs)` in eval mode under `no_grad` (BatchNorm statistics
+    untouched). Modules never called are absent. The forward pass's own exception propagates."""
     seen: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, mod in modules.items():
-        def hook(_m: nn.Module, args: tuple[Any, ...], _name: str = name) -> None:
-            if _name not in seen and args and isinstance(args[0], torch.Tensor):
-                seen[_name] = tuple(args[0].shape)
+        def hook(_m: nn.Module, a: tuple[Any, ...], _name: str = name) -> None:
+            if _name not in seen and a and isinstance(a[0], torch.Tensor):
+                seen[_name] = tuple(a[0].shape)
         handles.append(mod.register_forward_pre_hook(hook))
     try:
         with eval_mode(model), torch.no_grad():
-            model(example_input(model, input_shape))
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def trace_inputs(model: nn.Module, input_shape: Sequence[int],
+                 modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...]]:
+    """`record_input_shapes` on zeros of shape `(1, *input_shape)`; `ConfigError` if the
+    forward pass fails (usually a wrong `input_shape`)."""
+    try:
+        return record_input_shapes(model, (example_input(model, input_shape),), {}, modules)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise ConfigError(
             f"forward pass on zeros of input_shape={tuple(input_shape)} failed: {e}; pass the "
             "input shape the model expects, without the batch dimension (e.g. 3,32,32)"
         ) from e
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def tokens_of(shape: tuple[int, ...]) -> int:

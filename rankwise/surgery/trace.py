@@ -14,7 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.analysis.profile import dense_macs, eval_mode, example_input, factorized_macs
+from rankwise.analysis.profile import (
+    dense_macs,
+    example_input,
+    factorized_macs,
+    record_input_shapes,
+)
 from rankwise.errors import ConfigError
 from rankwise.layers.base import FactorizedLayer
 
@@ -48,32 +53,18 @@ def as_example(example_inputs: Any, input_shape: Sequence[int] | None,
 
 def trace(model: nn.Module, example: Example,
           modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...]]:
-    """Shape of the first tensor input each module in `modules` receives, in call order.
-
-    One forward pass in eval mode under `no_grad` (BatchNorm statistics untouched); modules never
-    called are absent. Raises `ConfigError` naming the fix if the forward pass fails.
-    """
-    seen: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, mod in modules.items():
-        def hook(_m: nn.Module, args: tuple[Any, ...], _name: str = name) -> None:
-            if _name not in seen and args and isinstance(args[0], torch.Tensor):
-                seen[_name] = tuple(args[0].shape)
-        handles.append(mod.register_forward_pre_hook(hook))
+    """Shape of the first tensor input each module in `modules` receives, in call order
+    (`analysis.profile.record_input_shapes`); `ConfigError` naming the fix if the forward pass
+    on the example fails."""
     args, kwargs = example
     try:
-        with eval_mode(model), torch.no_grad():
-            model(*args, **kwargs)
+        return record_input_shapes(model, args, kwargs, modules)
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
         raise ConfigError(
             f"forward pass on the example inputs (tensor shapes {shapes}) failed: "
             f"{type(e).__name__}: {e}; pass example_inputs= (or input_shape=) the model accepts "
             "(a tuple of args, or (args, kwargs))") from e
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def counted_layers(model: nn.Module) -> dict[str, nn.Module]:
