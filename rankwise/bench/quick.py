@@ -282,7 +282,10 @@ def suite_header(name: str, results: list[dict[str, Any]]) -> str:
         return "/".join(shown) if shown else "?"
 
     seeds = sorted({r.get("params", {}).get("seed") for r in results} - {None})
-    return (f"Suite `{name}` ({values('dataset')}; {values('epochs')} epochs; train limit "
+    precisions = sorted({str((s.get("train_options") or {}).get("precision", "fp32"))
+                         for s in settings}) or ["?"]
+    return (f"Suite `{name}` ({values('dataset')}; {values('epochs')} epochs; training in "
+            f"{'/'.join(precisions)}; train limit "
             f"{values('limit_train')}, test limit {values('limit_test')}; lr {values('lr')}, "
             f"{values('schedule')} schedule; seeds {seeds}; {len(results)} cells). Machine: "
             f"{env.get('machine')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} "
