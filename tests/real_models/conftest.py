@@ -175,3 +175,10 @@ def calibrate_norms(model: nn.Module, example: tuple[Any, ...], seed: int = 0) -
     with torch.no_grad():
         model(x, *example[1:])
     model.eval()
+
+
+def model_only(name: str) -> nn.Module:
+    """`MODELS[name]`'s model alone: the `module:factory` spec the CLI tests save as the
+    architecture (`tests.real_models.conftest:model_only` with `name=`)."""
+    torch.manual_seed(0)
+    return MODELS[name]()[0]
