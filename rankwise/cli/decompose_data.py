@@ -31,7 +31,8 @@ def decompose_with_data(args: argparse.Namespace, source: Any, shape: tuple[int,
                       momentum=args.momentum, weight_decay=args.wd, schedule=args.schedule,
                       warmup_epochs=args.warmup, seed=args.seed, device=args.device,
                       augment=not args.no_augment, num_threads=args.num_threads,
-                      quiet=args.quiet or args.json, log_every=args.log_every)
+                      quiet=args.quiet or args.json, log_every=args.log_every,
+                      precision=args.precision, channels_last=args.channels_last)
     meta = {"model": {"name": source.arch, "kwargs": source.arch_kwargs},
             "input_shape": list(shape), "dataset": spec, "method": "decompose+finetune",
             "source": source.path, "decompose": {"format": args.format, "rank": str(args.rank)}}
@@ -126,3 +127,6 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the fine-tuning from OUT/finetune/checkpoint.pt")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fine-tuning precision (bf16: autocast, fp32 master weights)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC while fine-tuning")

@@ -219,3 +219,14 @@ def test_finetune_errors_exit_2(tmp_path, zoo, capsys):
     assert main(["decompose", "--model", "tiny", "--dataset", "synthetic", "--finetune", "-1",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--finetune" in capsys.readouterr().err
+
+
+def test_finetune_precision_flags_reach_the_trainer(trained_run, tmp_path, capsys):
+    out = tmp_path / "dec16"
+    assert main(["decompose", "--checkpoint", str(trained_run), "--format", "channel", "--rank",
+                 "ratio:0.5", "--finetune", "1", "--dataset", "synthetic", "--synthetic-size",
+                 "64", "--batch-size", "32", "--precision", "bf16", "--channels-last",
+                 "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    train = json.loads((out / "finetune" / "config.json").read_text())["train"]
+    assert train["precision"] == "bf16" and train["channels_last"] is True
