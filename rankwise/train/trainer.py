@@ -270,24 +270,27 @@ class Trainer:
         bad = {k: v for k, v in metrics.items() if k in ("train_loss", "test_loss")
                and isinstance(v, float) and not math.isfinite(v)}
         if bad:
-            kept = (f"the last good checkpoint {self.checkpoint_path} (after epoch {self.epoch})"
-                    " is kept" if self.epoch > 0 else "no checkpoint was written yet")
             raise NonFiniteLossError(
                 f"{bad} after epoch {self.epoch + 1}/{self.cfg.epochs} with lr {self.lr:g}: the "
-                f"run diverged; {kept}. Lower the learning rate (--lr), add warm-up (--warmup) "
-                "or check the method's weights")
+                f"run diverged; {self._kept()}. Lower the learning rate (--lr), add warm-up "
+                "(--warmup) or check the method's weights")
+
+    def _kept(self) -> str:
+        """What survives a divergence: the last good checkpoint, or nothing yet."""
+        if self.epoch > 0:
+            return (f"the last good checkpoint {self.checkpoint_path} (after epoch {self.epoch}) "
+                    "is kept")
+        return "no checkpoint was written yet"
 
     def _check_finite(self, loss: torch.Tensor, step: int, batch: int) -> None:
         loss = loss.detach()
         bad = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
         if float(D.all_reduce_sum(bad, self.dist)) == 0:
             return
-        kept = (f"the last good checkpoint {self.checkpoint_path} (after epoch {self.epoch}) "
-                "is kept" if self.epoch > 0 else "no checkpoint was written yet")
         raise NonFiniteLossError(
             f"loss is {loss.item()} at global step {step} (epoch {self.epoch + 1}/"
-            f"{self.cfg.epochs}, batch {batch}) with lr {self.lr:g}; {kept}. Lower the learning "
-            "rate (--lr), add warm-up (--warmup) or check the method's extra loss weight")
+            f"{self.cfg.epochs}, batch {batch}) with lr {self.lr:g}; {self._kept()}. Lower the "
+            "learning rate (--lr), add warm-up (--warmup) or check the method's extra loss weight")
 
     def _set_determinism(self) -> None:
         on = self.cfg.deterministic
