@@ -11,9 +11,11 @@ renders the BENCHMARKS.md table from those files only.
 Models: the standard CIFAR ResNet-20 / ResNet-56 of He et al. 2016 (BasicBlock, option-A
 identity shortcuts with zero-padded channels), **not** the reference TRP code's Bottleneck
 "ResNet-56". Schedules (`SCHEDULES`): "paper" is the TRP recipe (164 epochs, lr 0.1 ÷10 at
-82/122, wd 1e-4, batch 128, crop+flip); "cpu40" is the shortened one this suite runs on one CPU
-core (40 epochs, cosine, lr 0.1, wd 1e-4, batch 128, crop+flip, bf16 autocast, channels-last,
-1 thread). The table states which one each row used (from its config.json).
+82/122, wd 1e-4, batch 128, crop+flip); "cpu60" (the default) and "cpu40" are the shortened ones
+this suite runs on one CPU core: 60 epochs cosine with wd 5e-4, and 40 epochs cosine with wd
+1e-4 (lr 0.1, batch 128, crop+flip, bf16 autocast, channels-last, 1 thread). Run names carry
+the schedule (`r20-dense-cpu60`; "cpu40" keeps the plain names it was first run under) and the
+table states which one each row used (from its config.json).
 
 Rows per model (prefix r20 / r56), settings of the papers unless marked ours:
 - `dense`: plain SGD (momentum 0.9).
@@ -23,6 +25,8 @@ Rows per model (prefix r20 / r56), settings of the papers unless marked ours:
 - `trp-nc`, `trpnu-nc`, `trp-vh`, `trpnu-vh`: TRP (energy 0.9, period 1) without / with the
   nuclear sub-gradient (λ = 3e-4); after training the run decomposes with value threshold 0.05
   into `RUN/factorized/` (no fine-tuning).
+- `trpnu-nc-e97` (ours): TRP+Nu NC with training energy 0.97
+  (`cifar10_evidence.TRP_ENERGY_EVIDENCE`).
 - `sfw-ksup`, `sfw-nuc`: SFW with the spectral-K-support / nuclear ball (`SFW_SETTINGS`, ours,
   see its docstring), then `rankwise sweep` (rank removed from every conv without retraining)
   into `RUN-sweep/`, against `dense-sweep` (the same sweep of the SGD model: SGD's curve).
@@ -47,9 +51,14 @@ MODELS = {"r20": "resnet20", "r56": "resnet56"}
 SCHEDULES: dict[str, tuple[str, ...]] = {
     "paper": ("--epochs", "164", "--schedule", "step", "--milestones", "82,122", "--lr", "0.1",
               "--wd", "1e-4", "--batch-size", "128"),
+    "cpu60": ("--epochs", "60", "--schedule", "cosine", "--lr", "0.1", "--wd", "5e-4",
+              "--batch-size", "128"),
     "cpu40": ("--epochs", "40", "--schedule", "cosine", "--lr", "0.1", "--wd", "1e-4",
               "--batch-size", "128"),
 }
+DEFAULT_SCHEDULE = "cpu60"
+LEGACY_SCHEDULE = "cpu40"
+"""Runs of the legacy schedule keep the names they were first run under (no schedule tag)."""
 RUNTIME = ("--precision", "bf16", "--channels-last", "--num-threads", "1", "--quiet")
 SWEEP_RATIOS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 FINETUNE_EPOCHS = 10
@@ -57,61 +66,18 @@ PAPER_SPEEDUP = {"channel": 2.17, "spatial": 2.84}
 """TRP+Nu ResNet-20 FLOPs reductions (README); the decomposition baseline's MACs target."""
 
 TRP_COMMON = ("--method", "trp", "--trp-energy", "0.9", "--trp-period", "1")
+TRP_ENERGY_OURS = "0.97"
 SFW_SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "spectral-k-support": ("0.1", ("--sfw-k", "0.3", "--sfw-width", "3")),
     "nuclear": ("0.1", ("--sfw-width", "10")),
 }
 """constraint → (lr, flags). Ours (the paper's per-experiment values were not found); the
-evidence is `SFW_EVIDENCE`. Common to both: gradient rescaling, heavy-ball momentum 0.9, no
-weight decay, the exact LMO (default of the spectral sets)."""
-
-SFW_EVIDENCE = """
-Why SFW did not make ResNets low-rank in the quick suite, and the setting chosen here.
-
-An SFW iterate is θ_T = Π(1 − η_t)·θ_0 + Σ_t η_t Π_{s>t}(1 − η_s)·v_t: the initialization keeps
-the share Π(1 − η_t) ≈ exp(−Σ_t η_t), and only the rest is built from rank-K vertices. With
-gradient rescaling η_t = lr·‖g_t‖ / ‖θ_t − v_t‖, and ‖θ − v‖ ≈ the ball's radius (width 10 ×
-E‖W_init‖), so η is tiny: mean 6.3e-4 per step at lr 0.1. The quick suite ran 234 steps
-(Σ η ≈ 0.15: ~86 % of each conv weight is still its random, full-rank initialization); the
-constraint never binds either (K-support gauge at 0.33–0.47 of the radius, init 0.43).
-
-Probe (ResNet-20, first 10,000 CIFAR-10 training images, crop+flip, 8 epochs = 632 steps,
-cosine, batch 128, bf16, 1 thread; test on the first 2,000 images; every 3×3 conv but the first
-truncated to (1 − s)·rank in its channel matricization, no retraining; accuracy %):
-
-| run | lr | mean η | init share | acc | s=0.25 | 0.5 | 0.75 | 0.9 | energy@r/2 | erank/r |
-|---|---|---|---|---|---|---|---|---|---|---|
-| SGD (wd 1e-4) | 0.1 | – | – | 51.1 | 38.5 | 22.0 | 17.1 | 14.6 | 0.680 | 0.973 |
-| SFW K-sup K=0.3 w=10 | 0.1 | 6.3e-4 | 0.67 | 49.3 | 46.2 | 39.9 | 24.8 | 11.3 | 0.684 | 0.972 |
-| SFW K-sup K=0.3 w=10 | 1.0 | 1.7e-2 | ~0 | 42.7 | 42.8 | 42.0 | 32.4 | 10.9 | 0.991 | 0.458 |
-| SFW nuclear w=10 | 1.0 | 2.8e-2 | ~0 | 38.9 | 39.0 | 38.8 | 36.4 | 14.2 | 1.000 | 0.111 |
-| SFW K-sup K=0.3 w=3 | 1.0 | 3.9e-2 | ~0 | 45.7 | 45.6 | 45.5 | 42.9 | 20.3 | 0.995 | 0.452 |
-| SFW K-sup K=0.3 w=3 | 0.3 | 1.6e-2 | ~0 | 46.8 | 46.5 | 46.7 | 41.8 | 10.3 | 0.977 | 0.526 |
-| SFW K-sup K=0.3 w=3 | 0.1 | 2.4e-3 | 0.22 | 49.8 | 48.4 | 47.6 | 35.0 | 10.3 | 0.802 | 0.890 |
-(init share = Π(1 − η_t), mean over the convs; energy@r/2 = Σσ² of the top half / Σσ²; erank
-= effective rank (Roy & Vetterli) / max rank, means over the 3×3 convs.)
-
-Reading: SFW's curve is above SGD's already at lr 0.1 (39.9 vs 22.0 at half the rank removed,
-width 10), although the spectrum statistics equal SGD's (the learned part sits in a few large
-singular directions on top of the surviving random init). Once Σ η ≈ 10 (lr 1.0 at width 10, lr
-0.3 at width 3) the weights are truly low-rank (erank ≈ 0.5 of the rank for K-support, 0.11 for
-nuclear) and the curve is flat to s = 0.5 (K-support) or 0.75 (nuclear); large per-step η costs
-dense accuracy (noisier steps). A tighter ball is better: width 3 makes η larger for the same lr
-(‖θ − v‖ is smaller) and, at equal Σ η, gave +4 points dense and a flatter curve than width 10
-(46.8 / 46.7 at s = 0.5 vs 42.7 / 42.0); at lr 0.1 it stays within 1.4 points of SGD dense and
-loses 2.2 points at half the rank removed (SGD: 29). The quantity to set is Σ_t η_t over the
-run, not lr alone: the 40-epoch full CIFAR-10 run takes 15,640 steps, so width 3 at lr 0.1 (η ≈
-2.4e-3) gives Σ η ≈ 37, in the low-rank regime, with the small steps that kept dense accuracy
-here. Recommended for the CIFAR-10 ResNet-20 run: spectral-K-support, K = 0.3, width 3, lr 0.1
-(cosine, per step), gradient rescaling, heavy-ball momentum 0.9, no weight decay, exact LMO;
-nuclear ball: width 10, lr 0.1 (η ≈ 3e-3, Σ η ≈ 40). Check Σ η from the logged `sfw_eta` after a
-few epochs. Not probed (time): K other than 0.3, EMA momentum, other rescalings, the full
-schedule itself.
-"""
+evidence is `cifar10_evidence.SFW_EVIDENCE`. Common to both: gradient rescaling, heavy-ball
+momentum 0.9, no weight decay, the exact LMO (default of the spectral sets)."""
 
 SFW_COMMON = ("--method", "sfw", "--sfw-rescale", "gradient", "--sfw-momentum", "0.9",
               "--sfw-sweep", "none")
-PIPELINE_SOURCE = "trpnu-nc/factorized"
+PIPELINE_SOURCE = "trpnu-nc-e97/factorized"
 PIPELINE_ARGS = ("--prune", "magnitude:0.3", "--quantize", "int8", "--entropy-code", "zstd")
 POSTS = ("model", "trp", "decompose", "sweep", "elrt", "compress")
 
@@ -155,9 +121,10 @@ class BenchRow:
         return self.steps[-1].out if self.steps else self.needs[0]
 
 
-def _sfx(seed: int) -> str:
-    """Run-name suffix of a seed (seed 0 keeps the plain names)."""
-    return f"-s{seed}" if seed else ""
+def _sfx(seed: int, schedule: str = LEGACY_SCHEDULE) -> str:
+    """Run-name suffix of a schedule and seed (the legacy schedule and seed 0 add nothing)."""
+    tag = "" if schedule == LEGACY_SCHEDULE else f"-{schedule}"
+    return tag + (f"-s{seed}" if seed else "")
 
 
 def schedule_args(schedule: str, **overrides: str) -> tuple[str, ...]:
@@ -170,21 +137,22 @@ def schedule_args(schedule: str, **overrides: str) -> tuple[str, ...]:
 
 def _train(prefix: str, name: str, schedule: str, seed: int, *extra: str,
            **overrides: str) -> Step:
-    run = f"{prefix}-{name}{_sfx(seed)}"
+    run = f"{prefix}-{name}{_sfx(seed, schedule)}"
     argv = ("train", "--model", MODELS[prefix], "--dataset", SUITE, "--out", f"{{runs}}/{run}",
             *schedule_args(schedule, **overrides), *RUNTIME, "--seed", str(seed), *extra)
     return Step(argv, run, "summary.json")
 
 
-def _decompose(prefix: str, scheme: str, seed: int) -> Step:
+def _decompose(prefix: str, scheme: str, schedule: str, seed: int) -> Step:
     short = {"channel": "nc", "spatial": "vh"}[scheme]
-    run = f"{prefix}-decomp-{short}-ft{_sfx(seed)}"
+    x = _sfx(seed, schedule)
+    run = f"{prefix}-decomp-{short}-ft{x}"
     budget = f"budget:macs={1.0 / PAPER_SPEEDUP[scheme]:.3f}"
-    argv = ("decompose", "--checkpoint", f"{{runs}}/{prefix}-dense{_sfx(seed)}", "--format",
-            scheme,
+    runtime = () if schedule == LEGACY_SCHEDULE else ("--precision", "bf16", "--channels-last")
+    argv = ("decompose", "--checkpoint", f"{{runs}}/{prefix}-dense{x}", "--format", scheme,
             "--rank", budget, "--skip-first-conv", "--dataset", SUITE, "--finetune",
-            str(FINETUNE_EPOCHS), "--lr", "0.01", "--schedule", "cosine", "--num-threads", "1",
-            "--seed", str(seed), "--quiet", "--out", f"{{runs}}/{run}")
+            str(FINETUNE_EPOCHS), "--lr", "0.01", "--schedule", "cosine", *runtime,
+            "--num-threads", "1", "--seed", str(seed), "--quiet", "--out", f"{{runs}}/{run}")
     return Step(argv, run, "decompose_report.json")
 
 
@@ -195,13 +163,13 @@ def _sweep(run: str) -> Step:
                 "sweep.json")
 
 
-def model_rows(prefix: str, schedule: str = "cpu40", seed: int = 0) -> list[BenchRow]:
-    """The rows of one model (`prefix` r20 or r56) in table order."""
-    m, x = MODELS[prefix], _sfx(seed)
+def model_rows(prefix: str, schedule: str = DEFAULT_SCHEDULE, seed: int = 0) -> list[BenchRow]:
+    """The rows of one model (`prefix` r20 or r56) under one schedule, in table order."""
+    m, x = MODELS[prefix], _sfx(seed, schedule)
     dense = _train(prefix, "dense", schedule, seed)
     rows = [BenchRow(dense.out, m, "dense", None, "dense (SGD)", "model", (dense,), seed=seed)]
     for scheme, short in (("channel", "nc"), ("spatial", "vh")):
-        step = _decompose(prefix, scheme, seed)
+        step = _decompose(prefix, scheme, schedule, seed)
         rows.append(BenchRow(
             step.out, m, "decompose+ft", scheme,
             f"decompose {short.upper()} + fine-tune {FINETUNE_EPOCHS} ep", "decompose",
@@ -213,6 +181,14 @@ def model_rows(prefix: str, schedule: str = "cpu40", seed: int = 0) -> list[Benc
             label = f"{'TRP+Nu' if nu == 'trpnu' else 'TRP'} {short.upper()}"
             rows.append(BenchRow(step.out, m, "trp+nu" if nu == "trpnu" else "trp", scheme,
                                  label, "trp", (step,), seed=seed))
+        if scheme == "channel":
+            step = _train(prefix, "trpnu-nc-e97", schedule, seed, *TRP_COMMON, "--trp-scheme",
+                          scheme, "--nuclear-weight", "3e-4")
+            argv = step.argv[:step.argv.index("--trp-energy") + 1] + (TRP_ENERGY_OURS,) + \
+                step.argv[step.argv.index("--trp-energy") + 2:]
+            rows.append(BenchRow(step.out, m, "trp+nu", scheme,
+                                 f"TRP+Nu NC, energy {TRP_ENERGY_OURS} (ours)", "trp",
+                                 (Step(argv, step.out, step.done),), seed=seed))
     sweep = _sweep(dense.out)
     rows.append(BenchRow(sweep.out, m, "sgd-sweep", "channel",
                          "SGD, truncated (no retraining)", "sweep", (sweep,),
@@ -238,10 +214,16 @@ def model_rows(prefix: str, schedule: str = "cpu40", seed: int = 0) -> list[Benc
     return rows
 
 
-def suite_rows(prefixes: Sequence[str] = ("r20", "r56"), schedule: str = "cpu40",
+def suite_rows(prefixes: Sequence[str] = ("r20", "r56"), schedule: str = DEFAULT_SCHEDULE,
                seeds: Sequence[int] = (0,)) -> list[BenchRow]:
     """All rows: every model prefix × seed (seed s > 0 suffixes every run name with `-sS`)."""
     return [r for seed in seeds for prefix in prefixes for r in model_rows(prefix, schedule, seed)]
+
+
+def schedule_of(row: BenchRow) -> str:
+    """The `SCHEDULES` key a row's runs were named under."""
+    parts = row.name.split("-")
+    return next((p for p in parts if p in SCHEDULES), LEGACY_SCHEDULE)
 
 
 def commands(rows: Sequence[BenchRow] | None = None,
@@ -279,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS_DIR.parent,
                    help="results root (files go to RESULTS/cifar10/)")
     p.add_argument("--models", default="r20,r56", help="model prefixes, comma-separated")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="cpu40")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=DEFAULT_SCHEDULE)
     p.add_argument("--seeds", default="0")
     p.add_argument("--no-latency", action="store_true", help="collect without timing")
     a = p.parse_args(argv)
@@ -299,12 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rankwise.bench.cifar10_report import section
 
-    print(section(a.results, rows=rows, runs_dir=a.runs))
+    default = (a.models, a.schedule, a.seeds) == ("r20,r56", DEFAULT_SCHEDULE, "0")
+    print(section(a.results, rows=None if default else rows, runs_dir=a.runs))
     return 0
 
 
-__all__ = ["BenchRow", "MODELS", "RESULTS_DIR", "RUNS_DIR", "SCHEDULES", "SFW_SETTINGS", "Step",
-           "commands", "model_rows", "pending_commands", "step_done", "suite_rows"]
+__all__ = ["BenchRow", "DEFAULT_SCHEDULE", "LEGACY_SCHEDULE", "MODELS", "RESULTS_DIR",
+           "RUNS_DIR", "SCHEDULES", "SFW_SETTINGS", "Step", "commands", "model_rows",
+           "pending_commands", "schedule_of", "step_done", "suite_rows"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

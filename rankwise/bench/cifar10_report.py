@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from rankwise.bench.benchmarks_md import load_result_files, register_section
-from rankwise.bench.cifar10 import RUNS_DIR, SUITE, BenchRow, suite_rows
+from rankwise.bench.cifar10 import (
+    LEGACY_SCHEDULE,
+    RUNS_DIR,
+    SCHEDULES,
+    SUITE,
+    BenchRow,
+    schedule_of,
+    suite_rows,
+)
+from rankwise.bench.cifar10_evidence import SFW_EVIDENCE, TRP_ENERGY_EVIDENCE
 from rankwise.bench.papers import paper_row
 
 HEADER = """## CIFAR-10: TRP, SFW and ELRT on ResNet-20 / ResNet-56 — `rankwise bench cifar10`
@@ -58,26 +67,25 @@ def _paper_cells(row: BenchRow) -> tuple[str, str]:
     return f"{p.acc:.2f}{mark}", _signed(None if p.drop is None else -p.drop)
 
 
-def _pending(row: BenchRow, runs_dir: Path) -> str:
-    """A row without results: the paper's cells (its numbers, not ours) and the command."""
-    cmds = "; ".join(s.command(runs_dir) for s in row.steps)
+def _pending(row: BenchRow) -> str:
+    """A row without results: the paper's cells (its numbers, not ours) and the run's name."""
     pa, pd = _paper_cells(row)
-    return f"| {row.label} | **pending** | | {pa} | {pd} | | | | | | `{cmds}` |"
+    return f"| {row.label} | **pending** | | {pa} | {pd} | | | | | | `{row.run}` |"
 
 
 def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[str, Any]],
-                runs_dir: Path) -> list[str]:
-    """Markdown lines of one model's table."""
+                runs_dir: Path, title: str | None = None) -> list[str]:
+    """Markdown lines of one model's table (Δ against the dense row among `rows`)."""
     dense_row = next((r for r in rows if r.method == "dense"), None)
     dense = results.get(dense_row.name, {}).get("metrics", {}) if dense_row else {}
-    lines = [f"### {model}", "",
+    lines = [f"### {title or model}", "",
              "| row | acc % | Δ ours | paper % | Δ paper | params | MACs × | FLOPs × (TRP) "
              "| latency ms | size KB | schedule |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         res = results.get(row.name)
         if res is None:
-            lines.append(_pending(row, runs_dir))
+            lines.append(_pending(row))
             continue
         m = res["metrics"]
         acc = m.get("acc")
@@ -95,6 +103,9 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
             f"{_ratio(dense.get('flops_reference'), m.get('flops_reference'))} | "
             f"{_f(m.get('latency_ms'))} | {_f(None if size is None else size / 1024, '.1f')} | "
             f"{sched_text} |")
+    if any(r.name not in results for r in rows):
+        lines += ["", "Pending rows: their commands are printed by "
+                  "`rankwise bench cifar10 --action pending`."]
     return lines
 
 
@@ -132,17 +143,32 @@ def provenance(results: dict[str, dict[str, Any]]) -> list[str]:
             "then `rankwise bench report`."]
 
 
+def _schedule_text(schedule: str) -> str:
+    args = SCHEDULES[schedule]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    return (f"{schedule}: {flags['--epochs']} epochs {flags['--schedule']}, lr {flags['--lr']}, "
+            f"wd {flags['--wd']}, batch {flags['--batch-size']}")
+
+
 def section(results_root: Path, rows: Sequence[BenchRow] | None = None,
             runs_dir: Path = RUNS_DIR) -> str:
-    """The whole section (Markdown) from `results_root/cifar10/*.json`."""
-    rows = suite_rows() if rows is None else rows
+    """The whole section (Markdown) from `results_root/cifar10/*.json`: one table per model and
+    schedule. By default the default schedule's rows (unfinished ones listed as pending) and,
+    below them, the rows of the legacy schedule that have results."""
     results = _by_row(Path(results_root))
+    if rows is None:
+        rows = suite_rows() + [r for r in suite_rows(schedule=LEGACY_SCHEDULE)
+                               if r.name in results]
     lines = [HEADER]
-    for model in dict.fromkeys(r.model for r in rows):
-        mine = [r for r in rows if r.model == model]
-        lines += model_table(model, mine, results, runs_dir)
-        lines += sweep_table(model, mine, results)
+    groups = dict.fromkeys((r.model, schedule_of(r)) for r in rows)
+    for model, schedule in groups:
+        mine = [r for r in rows if r.model == model and schedule_of(r) == schedule]
+        title = f"{model}, {_schedule_text(schedule)}"
+        lines += model_table(model, mine, results, runs_dir, title=title)
+        lines += sweep_table(title, mine, results)
         lines.append("")
+    lines += ["### Settings marked (ours) and the evidence for them", "",
+              TRP_ENERGY_EVIDENCE.strip(), "", SFW_EVIDENCE.strip(), ""]
     lines += provenance({k: v for k, v in results.items() if k in {r.name for r in rows}})
     return "\n".join(lines).rstrip() + "\n"
 

@@ -16,6 +16,7 @@ from rankwise.bench.cifar10 import (
     commands,
     pending_commands,
     schedule_args,
+    schedule_of,
     suite_rows,
 )
 from rankwise.bench.cifar10_collect import collect, reference_flops
@@ -42,7 +43,7 @@ def test_rows_are_unique_and_cover_the_issue() -> None:
 
 
 def test_commands_match_the_queued_runs_and_order_dependencies() -> None:
-    cmds = dict(commands(suite_rows(("r20",))))
+    cmds = dict(commands(suite_rows(("r20",), schedule="cpu40")))
     dense = cmds["r20-dense"]
     for flag in ("--model resnet20", "--dataset cifar10", "--epochs 40", "--schedule cosine",
                  "--lr 0.1", "--wd 1e-4", "--batch-size 128", "--precision bf16",
@@ -61,13 +62,27 @@ def test_commands_match_the_queued_runs_and_order_dependencies() -> None:
     assert order.index("r20-sfw-ksup") < order.index("r20-sfw-ksup-sweep")
     assert "sweep runs/cifar10/r20-sfw-ksup " in cmds["r20-sfw-ksup-sweep"]
     assert "--checkpoint runs/cifar10/r20-dense " in cmds["r20-decomp-nc-ft"]
-    assert "r20-trpnu-nc/factorized" in cmds["r20-pipeline"]
+    assert "r20-trpnu-nc-e97/factorized" in cmds["r20-pipeline"]
+    assert "--trp-energy 0.97 " in cmds["r20-trpnu-nc-e97"]
     assert schedule_args("paper")[:6] == ("--epochs", "164", "--schedule", "step",
                                           "--milestones", "82,122")
 
 
-def test_pending_commands_skip_finished_steps(tmp_path: Path) -> None:
+def test_default_schedule_tags_every_run_and_its_dependencies() -> None:
     rows = suite_rows(("r20",))
+    assert {schedule_of(r) for r in rows} == {"cpu60"}
+    assert all(r.name.endswith("-cpu60") for r in rows if r.method != "sgd-sweep")
+    cmds = dict(commands(rows))
+    assert "--epochs 60" in cmds["r20-dense-cpu60"] and "--wd 5e-4" in cmds["r20-dense-cpu60"]
+    decomp = cmds["r20-decomp-nc-ft-cpu60"]
+    assert "--checkpoint runs/cifar10/r20-dense-cpu60 " in decomp and "--precision bf16" in decomp
+    assert "sweep runs/cifar10/r20-dense-cpu60 " in cmds["r20-dense-cpu60-sweep"]
+    assert {schedule_of(r) for r in suite_rows(("r20",), schedule="cpu40")} == {"cpu40"}
+    assert not set(r.name for r in rows) & set(r.name for r in suite_rows(("r20",), "cpu40"))
+
+
+def test_pending_commands_skip_finished_steps(tmp_path: Path) -> None:
+    rows = suite_rows(("r20",), schedule="cpu40")
     (tmp_path / "r20-dense").mkdir()
     (tmp_path / "r20-dense" / "summary.json").write_text("{}")
     pending = [n for n, _ in pending_commands(tmp_path, rows)]
@@ -160,7 +175,7 @@ def test_collect_writes_finished_rows_and_section_lists_pending(tmp_path: Path) 
 
     md = section(results, rows=rows, runs_dir=runs)
     pending = next(line for line in md.splitlines() if line.startswith("| TRP+Nu NC"))
-    assert "**pending**" in pending and "--method trp" in pending
+    assert "**pending**" in pending and "`r20-trpnu-nc`" in pending
     cells = [c.strip() for c in pending.split("|")]
     assert cells[2] == "**pending**" and cells[3] == ""  # no numbers of ours
     assert cells[4] == "90.50" and cells[5] == "-1.24"  # the paper's, beside it
