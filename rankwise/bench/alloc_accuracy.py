@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from rankwise.analysis.profile import count
+from rankwise.bench.benchmarks_md import register_section
 from rankwise.bench.harness import environment, write_json_atomic
 from rankwise.bench.speed_alloc import EQUAL_TOL, _time
 from rankwise.io.model_file import load
@@ -136,6 +137,41 @@ def run(dense_dir: Path, macs_dir: Path, out: Path, precision: str, batch: int,
     return record
 
 
+RESULT_FILE = Path("speed") / "alloc_accuracy.json"
+"""Where the committed copy of `--out/result.json` lives under the results root."""
+
+
+def markdown(rec: dict[str, Any]) -> str:
+    """The table of one result record: both arms side by side."""
+    ft = rec["finetune"]
+    lines = [
+        "### Equal measured latency on CIFAR-10: accuracy after fine-tuning", "",
+        f"Trained ResNet-20 `{rec['dense_run']}` (dense {rec['dense_acc']:.2f} %); the MACs "
+        f"allocator's run `{rec['macs_run']}` and the latency allocator at its measured time, "
+        f"deployed in {rec['precision']} at batch {rec['batch']}, {rec['threads']} thread "
+        f"(dense {rec['dense_ms']:.2f} ms); both fine-tuned {ft['epochs']} epochs, lr "
+        f"{ft['lr']} {ft['schedule']}, {ft['precision']}, seed {ft['seed']}. Energy: mean "
+        "retained σ² of the trained weights over the convs but the first (kept dense = 1).", "",
+        "| allocator | measured speedup | MACs × | params × | energy | acc decomposed % "
+        "| acc fine-tuned % | formats |", "|---|---|---|---|---|---|---|---|"]
+    for a in rec["arms"]:
+        fm = ", ".join(f"{k} {v}" for k, v in sorted(a["formats"].items()))
+        lines.append(f"| {a['label']} | {a['speedup']:.2f}× | {a['macs_x']:.2f} | "
+                     f"{a['params_x']:.2f} | {a['energy']:.3f} | {a['acc_decomposed']:.2f} | "
+                     f"{a['acc_finetuned']:.2f} | {fm} |")
+    env = rec.get("env", {})
+    lines += ["", f"Command: `{rec['command']}` (commit {env.get('git_commit', '?')}, "
+              f"{env.get('date', '?')})."]
+    return "\n".join(lines) + "\n"
+
+
+@register_section("speed-alloc-accuracy", order=41)
+def section(results_root: str | Path) -> str:
+    """BENCHMARKS.md hook: `results_root/speed/alloc_accuracy.json` ('' when absent)."""
+    path = Path(results_root) / RESULT_FILE
+    return markdown(json.loads(path.read_text())) if path.is_file() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m rankwise.bench.alloc_accuracy --dense D --macs-run M --out O`."""
     p = argparse.ArgumentParser(prog="python -m rankwise.bench.alloc_accuracy",
@@ -156,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["conv_choices", "match_latency", "run"]
+__all__ = ["RESULT_FILE", "conv_choices", "markdown", "match_latency", "run", "section"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

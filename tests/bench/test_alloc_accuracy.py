@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rankwise.bench.alloc_accuracy import conv_choices, run
+from rankwise.bench.alloc_accuracy import conv_choices, markdown, run
 from rankwise.io.model_file import load, save
 from rankwise.models import create_model
 from rankwise.surgery.latency_budget import mean_energy
@@ -57,3 +57,6 @@ def test_latency_arm_is_fine_tuned_with_the_macs_recipe(tmp_path: Path, monkeypa
     assert tuned["train"]["epochs"] == 1 and tuned["train"]["batch_size"] == 16
     for arm in rec["arms"]:
         assert 0.0 <= arm["acc_finetuned"] <= 100.0 and arm["speedup"] > 0
+    md = markdown(rec)
+    assert md.count("| MACs allocator") == 1 and md.count("| latency allocator") == 1
+    assert f"{lat_arm['acc_finetuned']:.2f}" in md
