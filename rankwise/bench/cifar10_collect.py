@@ -10,8 +10,9 @@ UTC) and `collected` (now), `schedule` (epochs / schedule / lr from config.json)
 - `acc` (top-1 %, the saved model evaluated here in fp32 on the run's test split), `params`,
   `macs` (per sample, rankwise counting: every conv/linear, FC included, `analysis.profile`),
   `flops_reference` (the TRP code's counting: every `nn.Conv2d` — inside factorized layers
-  too — `weight.numel() × output pixels`, FC excluded; `reference_flops`), `latency_ms`
-  (batch 1, fp32, median, the collecting machine's threads) unless `latency=False`;
+  too — `weight.numel() × output pixels`, FC excluded; `reference_flops`), `latency_ms` and
+  `latency_bf16_ms` (batch 1, median, fp32 and under bf16 autocast, the collecting machine's
+  threads) unless `latency=False`;
 - sweep rows: `sweep`, one `{ratio, acc, params, macs}` per ratio, from the step's sweep.json;
 - compress rows: `stages` (stage, acc, params, bytes stored) and `bytes` of the last stage.
 
@@ -129,6 +130,8 @@ def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],
         from rankwise.analysis.latency import measure_latency
 
         out["latency_ms"] = measure_latency(model, input_shape, 1)["median_ms"]
+        out["latency_bf16_ms"] = measure_latency(model, input_shape, 1,
+                                                 precision="bf16")["median_ms"]
     return out
 
 

@@ -34,7 +34,8 @@ the TRP reference code's "ResNet-56" uses Bottleneck blocks, so its ResNet-56 nu
 for reference only (†). Paper: TRP README (Xu et al. 2020). Δ = accuracy − dense accuracy of
 the same source (ours against our dense row, the paper's against its own baseline). MACs ×:
 rankwise counting (every conv and linear, per sample); FLOPs ×: the TRP code's counting (convs
-only, FC excluded). Latency: batch 1, fp32, on the collecting machine. Size: stored bytes
+only, FC excluded). Latency: batch 1 on the collecting machine, fp32 / under bf16 autocast, each
+model against nothing but its own precision (compare rows within a column). Size: stored bytes
 (fp32 weights, or the pipeline's entropy-coded file).
 """
 
@@ -49,6 +50,13 @@ def _signed(v: float | None) -> str:
 
 def _ratio(dense: float | None, v: float | None) -> str:
     return "–" if not dense or not v else f"{dense / v:.2f}"
+
+
+def _latency(m: dict[str, Any]) -> str:
+    fp32, bf16 = m.get("latency_ms"), m.get("latency_bf16_ms")
+    if fp32 is None and bf16 is None:
+        return "–"
+    return f"{_f(fp32)} / {_f(bf16)}"
 
 
 def _by_row(results_root: Path) -> dict[str, dict[str, Any]]:
@@ -80,7 +88,7 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
     dense = results.get(dense_row.name, {}).get("metrics", {}) if dense_row else {}
     lines = [f"### {title or model}", "",
              "| row | acc % | Δ ours | paper % | Δ paper | params | MACs × | FLOPs × (TRP) "
-             "| latency ms | size KB | schedule |",
+             "| latency ms fp32 / bf16 | size KB | schedule |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         res = results.get(row.name)
@@ -101,7 +109,7 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
             f"| {row.label} | {_f(acc)} | {_signed(d)} | {pa} | {pd} | "
             f"{_f(m.get('params'), ',')} | {_ratio(dense.get('macs'), m.get('macs'))} | "
             f"{_ratio(dense.get('flops_reference'), m.get('flops_reference'))} | "
-            f"{_f(m.get('latency_ms'))} | {_f(None if size is None else size / 1024, '.1f')} | "
+            f"{_latency(m)} | {_f(None if size is None else size / 1024, '.1f')} | "
             f"{sched_text} |")
     if any(r.name not in results for r in rows):
         lines += ["", "Pending rows: their commands are printed by "

@@ -2,20 +2,22 @@
 tensorly-torch at the same parameter budget, profiled and pushed through five deployment paths.
 
 Run: `python -m rankwise.bench.real_models --out results/real_models` (one JSON per model;
-`--models resnet50,vit_tiny` picks rows, `--quick` skips inductor and the bf16 timings).
+`--models resnet50,gpt2` picks rows, `--quick` skips inductor and the bf16 timings).
 `section(results_root)` renders the committed JSON as the BENCHMARKS.md section.
 
-Per model (random weights, built from config by `rankwise.models.build_model`):
+Per model of `MODELS` (real sizes, random weights, built from config by `build_model`; the HF
+configs are written locally from `HF_CONFIGS`, nothing is downloaded):
 - dense: params, MACs per sample (`rankwise.analysis.profile`; fvcore's count beside it),
   latency at batch 1 in fp32 and under bf16 autocast (median ms, `measure_latency`);
 - rankwise: `decompose(format=conv format, linear_format=..., rank="ratio:R")`;
 - tltorch: every layer rankwise factorized is replaced by `tltorch.FactorizedConv.from_conv`
   (Tucker, implementation "factorized") / `FactorizedLinear.from_linear` (Tucker,
-  "reconstructed") at the same parameter ratio;
+  "reconstructed") at the same parameter ratio; grouped convs stay dense (listed);
 - each factorized model: params ×, MACs ×, fp32 / bf16 latency × (dense ÷ factorized, > 1 is
   faster) and the export paths: `torch.compile` (inductor, `fullgraph=True`), `torch.export`,
   `torch.jit.trace`, ONNX (dynamo exporter) run in onnxruntime, `torch.jit.script`; each cell
-  is "ok" with the max abs deviation from eager, or the first line of the error.
+  is "ok" with the max abs deviation from eager (and eager's max abs output), or the first
+  line of the error.
 """
 
 from __future__ import annotations
@@ -43,19 +45,34 @@ from rankwise.io.atomic import atomic_write
 from rankwise.layers.base import FactorizedLayer
 from rankwise.models.resolve import build_model, example_inputs
 
-GPT2_CONFIG = {"n_layer": 2, "n_embd": 256, "n_head": 4, "vocab_size": 5000, "n_positions": 128,
-               "bos_token_id": 0, "eos_token_id": 0, "use_cache": False,
-               "architectures": ["GPT2LMHeadModel"]}
+# HF configs saved as local folders by `main()` (no download): `transformers.<class>(**kw)`
+HF_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bert-base": ("BertConfig", {"architectures": ["BertModel"]}),
+    "gpt2": ("GPT2Config", {"use_cache": False, "architectures": ["GPT2LMHeadModel"]}),
+}
+_IMAGE = (3, 224, 224)
+
+
+def _row(spec: str, kind: str, shape: tuple[int, ...] = _IMAGE, conv: str | None = "tucker2",
+         label: str | None = None) -> dict[str, Any]:
+    return {"spec": spec, "kwargs": {}, "shape": shape, "conv": conv, "linear": "svd",
+            "kind": kind, **({"label": label} if label else {})}
+
+
 MODELS: dict[str, dict[str, Any]] = {
-    "resnet50": {"spec": "tv:resnet50", "kwargs": {}, "shape": (3, 224, 224),
-                 "conv": "tucker2", "linear": "svd", "kind": "conv net"},
-    "mobilenet_v2": {"spec": "tv:mobilenet_v2", "kwargs": {}, "shape": (3, 224, 224),
-                     "conv": "tucker2", "linear": "svd", "kind": "conv net"},
-    "vit_tiny": {"spec": "timm:vit_tiny_patch16_224", "kwargs": {}, "shape": (3, 224, 224),
-                 "conv": None, "linear": "svd", "kind": "transformer"},
-    "gpt2_2l": {"spec": "hf:{hf_dir}/gpt2-2l", "kwargs": {}, "shape": (64,),
-                "label": "hf: GPT2Config(n_layer=2, n_embd=256, n_head=4, vocab_size=5000)",
-                "conv": None, "linear": "svd", "kind": "transformer"},
+    "resnet50": _row("tv:resnet50", "conv net"),
+    "mobilenet_v3_small": _row("tv:mobilenet_v3_small", "conv net"),
+    "efficientnet_b0": _row("tv:efficientnet_b0", "conv net"),
+    "convnext_tiny": _row("tv:convnext_tiny", "conv net"),
+    "vit_b_16": _row("tv:vit_b_16", "transformer", conv=None),
+    "swin_t": _row("tv:swin_t", "transformer", conv=None),
+    "tf_efficientnet_b0": _row("timm:tf_efficientnet_b0", "conv net"),
+    "regnetx_002": _row("timm:regnetx_002", "conv net"),
+    "deit_tiny": _row("timm:deit_tiny_patch16_224", "transformer", conv=None),
+    "bert_base": _row("hf:{hf_dir}/bert-base", "transformer", (128,), None,
+                      "hf: BertModel(BertConfig()) (bert-base-uncased), seq 128"),
+    "gpt2": _row("hf:{hf_dir}/gpt2", "transformer", (128,), None,
+                 "hf: GPT2LMHeadModel(GPT2Config()) (gpt2, 124M), seq 128"),
 }
 
 
@@ -96,7 +113,8 @@ def _cell(fn: Callable[[], torch.Tensor], ref: torch.Tensor) -> dict[str, Any]:
     try:
         out = fn()
         err = float((out.float() - ref.float()).abs().max())
-        return {"ok": True, "max_abs_err": err, "seconds": time.perf_counter() - start}
+        return {"ok": True, "max_abs_err": err, "ref_max_abs": float(ref.float().abs().max()),
+                "seconds": time.perf_counter() - start}
     except Exception as e:  # a benchmark cell records any failure instead of stopping the run
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return {"ok": False, "error": f"{type(e).__name__}: {msg}",
@@ -196,12 +214,13 @@ def measure(model: nn.Module, inputs: Any, precisions: tuple[str, ...],
     return {"params": params, "macs": macs, "latency_ms": lat}
 
 
-def tltorch_like(dense: nn.Module, factorized: nn.Module) -> nn.Module:
+def tltorch_like(dense: nn.Module, factorized: nn.Module) -> tuple[nn.Module, list[str]]:
     """`dense` with each layer that rankwise factorized in `factorized` replaced by tltorch's
-    factorized layer at the same parameter ratio (Tucker convs, Tucker linears)."""
+    factorized layer at the same parameter ratio (Tucker convs, Tucker linears), and the names
+    of the layers left dense: grouped convs (`FactorizedConv` has no `groups`)."""
     import tltorch
 
-    out = copy.deepcopy(dense)
+    out, kept = copy.deepcopy(dense), []
     for name, layer in factorized.named_modules():
         if not isinstance(layer, FactorizedLayer):
             continue
@@ -214,6 +233,9 @@ def tltorch_like(dense: nn.Module, factorized: nn.Module) -> nn.Module:
             old = lin
         if not isinstance(old, (nn.Conv2d, nn.Linear)):
             continue
+        if isinstance(old, nn.Conv2d) and old.groups != 1:
+            kept.append(name)
+            continue
         ratio = layer.params() / sum(p.numel() for p in old.parameters())
         if isinstance(old, nn.Conv2d):
             new = tltorch.FactorizedConv.from_conv(old, rank=ratio, factorization="tucker",
@@ -225,7 +247,7 @@ def tltorch_like(dense: nn.Module, factorized: nn.Module) -> nn.Module:
                                                        implementation="reconstructed")
         parent, _, child = name.rpartition(".")
         setattr(out.get_submodule(parent) if parent else out, child, new)
-    return out.eval()
+    return out.eval(), kept
 
 
 def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
@@ -266,28 +288,41 @@ def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir
                              rank=f"ratio:{ratio}", example_inputs=(args, kwargs),
                              skip_first_conv=True)
     fact.eval()
-    variants = {"rankwise": fact}
+    variants, kept = {"rankwise": fact}, {"rankwise": [], "tltorch": []}
     try:
-        variants["tltorch"] = tltorch_like(dense, fact)
+        variants["tltorch"], kept["tltorch"] = tltorch_like(dense, fact)
     except Exception as e:  # record tensorly-torch failures rather than abort the matrix
         rec["variants"]["tltorch"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     backend = "eager" if quick else "inductor"
     for name, model in variants.items():
-        formats = sorted({type(m).__name__ if name == "tltorch" else m.format
-                          for m in model.modules()
-                          if isinstance(m, FactorizedLayer) or type(m).__module__.startswith(
-                              "tltorch")} - {"FactorizedTensor"})
-        with torch.no_grad():
-            deviation = float((_first_out(call_model(model, inputs))
-                               - _first_out(call_model(dense, inputs))).abs().max())
-        rec["variants"][name] = {
-            "formats": formats,
-            **measure(model, inputs, precisions, min_run),
-            "output_deviation_from_dense": deviation,
-            "compile_backend": backend,
-            "export": export_paths(model, inputs, backend, workdir),
-        }
+        try:
+            rec["variants"][name] = _variant(name, model, dense, inputs, precisions, min_run,
+                                             backend, workdir)
+        except Exception as e:  # e.g. a tltorch layer failing in forward: keep the other row
+            rec["variants"][name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            continue
+        rec["variants"][name]["kept_dense"] = kept[name]
     return rec
+
+
+def _variant(name: str, model: nn.Module, dense: nn.Module, inputs: Any,
+             precisions: tuple[str, ...], min_run: float, backend: str,
+             workdir: Path) -> dict[str, Any]:
+    """One factorized variant's record: formats, measurements, deviation, export cells."""
+    formats = sorted({type(m).__name__ if name == "tltorch" else m.format
+                      for m in model.modules()
+                      if isinstance(m, FactorizedLayer) or type(m).__module__.startswith(
+                          "tltorch")} - {"FactorizedTensor"})
+    with torch.no_grad():
+        deviation = float((_first_out(call_model(model, inputs))
+                           - _first_out(call_model(dense, inputs))).abs().max())
+    return {
+        "formats": formats,
+        **measure(model, inputs, precisions, min_run),
+        "output_deviation_from_dense": deviation,
+        "compile_backend": backend,
+        "export": export_paths(model, inputs, backend, workdir),
+    }
 
 
 def _environment() -> dict[str, Any]:
@@ -321,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        transformers.GPT2Config(**GPT2_CONFIG).save_pretrained(work / "gpt2-2l")
+        for folder, (cls, kw) in HF_CONFIGS.items():
+            getattr(transformers, cls)(**kw).save_pretrained(work / folder)
         for key in [k.strip() for k in args.models.split(",") if k.strip()]:
             start = time.perf_counter()
             try:

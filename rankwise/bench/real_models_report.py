@@ -4,6 +4,7 @@ under `results/real_models/` (no rerun)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ def _x(num: float | None, den: float | None) -> str:
 def _status(cell: dict[str, Any] | None) -> str:
     if not cell:
         return "–"
+    if cell.get("ok") and cell.get("max_abs_err") == 0:
+        return "ok (0)"
+    if cell.get("ok") and cell.get("ref_max_abs"):  # relative to the output's largest entry
+        return f"ok ({cell['max_abs_err'] / cell['ref_max_abs']:.0e} rel)"
     if cell.get("ok"):
         return f"ok ({cell['max_abs_err']:.0e})"
     msg = str(cell.get("error", "?")).replace("|", "/").replace("\x1b", "")
@@ -37,16 +42,23 @@ def section(results_root: str | Path) -> str:
         return ""
     env = recs[0].get("environment", {})
     cmd = recs[0].get("command", "python -m rankwise.bench.real_models --out results/real_models")
+    cmd = re.sub(r"--models \S+", "--models NAME", cmd)
+    dates = sorted({str(r.get("date")) for r in recs if r.get("date")})
     lines = [
         "## Real models: rankwise vs tensorly-torch, latency and export",
         "",
-        f"Random-weight models built from config (`{cmd}`), rank "
-        f"`{recs[0].get('rank')}`, tensorly-torch at the same parameter ratio per layer. "
-        f"Ratios are dense ÷ factorized for params and MACs (per sample) and for batch-1 CPU "
-        f"latency (> 1× = faster; bf16 = autocast), torch {env.get('torch')}, "
-        f"{env.get('threads')} thread(s), median of timed blocks on a CPU core shared with "
-        f"other jobs, so latency ratios are indicative only. Export cells: max abs deviation "
-        f"from eager, or the error.",
+        f"Random-weight models built from config, one process per model (`{cmd}`), "
+        f"{' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else 'undated'}; "
+        f"{env.get('processor')} CPU, Python {env.get('python')}, torch {env.get('torch')}, "
+        f"{env.get('threads')} thread(s). rankwise: rank `{recs[0].get('rank')}` "
+        f"(format per layer type in the formats column, 1×1 convs as channel); tensorly-torch: "
+        f"Tucker at the same parameter ratio per layer (grouped convs stay dense: tltorch's "
+        f"FactorizedConv has no groups). Ratios are dense ÷ factorized for params and MACs (per "
+        f"sample) and for batch-1 CPU latency (> 1× = faster; bf16 = autocast), medians of "
+        f"timed blocks interleaving dense and factorized on a core shared with other jobs, so "
+        f"latency ratios are indicative only. Export cells: max abs deviation from eager "
+        f"relative to the largest output entry, or the error; compile is inductor with "
+        f"`fullgraph=True`.",
         "",
         "| model | library | formats | params × | MACs × | fp32 latency × | bf16 latency × | "
         + " | ".join(PATHS) + " |",
@@ -60,8 +72,11 @@ def section(results_root: str | Path) -> str:
                              + " |" * (6 + len(PATHS)))
                 continue
             lat, dlat = v.get("latency_ms", {}), d.get("latency_ms", {})
-            formats = [f for f in v["formats"] if lib != "tltorch" or f.startswith("Factorized")]
-            cells = [r["model"], lib, ", ".join(formats), _x(d["params"], v["params"]),
+            formats = ", ".join(f for f in v["formats"]
+                                if lib != "tltorch" or f.startswith("Factorized"))
+            if v.get("kept_dense"):
+                formats += f" ({len(v['kept_dense'])} grouped convs dense)"
+            cells = [r["model"], lib, formats, _x(d["params"], v["params"]),
                      _x(d["macs"], v["macs"]), _x(dlat.get("fp32"), lat.get("fp32")),
                      _x(dlat.get("bf16"), lat.get("bf16"))]
             cells += [_status(v["export"].get(p)) for p in PATHS]
