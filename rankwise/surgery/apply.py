@@ -1,6 +1,7 @@
 """Build one factorized layer for a candidate and swap it into the model (`apply`).
 
-Keeps a layer dense when the factorization does not save (params and MACs, or only the budget's
+Factors are computed in float64 and stored in the layer's dtype. Keeps a layer dense when the
+factorization does not save (params and MACs, or only the budget's
 metric under a global budget), checks CP layers against their energy target (CP-ALS has no
 Eckart-Young guarantee: a miss falls back to the exact CP of `rankwise.linalg.cp.cp_exact` or
 keeps the layer dense), carries `requires_grad`, train mode and forward hooks over.
@@ -8,6 +9,7 @@ keeps the layer dense), carries `requires_grad`, train mode and forward hooks ov
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from typing import Any
@@ -40,13 +42,25 @@ def _cp_target(policy: Any) -> float | None:
     return math.sqrt(max(0.0, 1.0 - policy.threshold)) if isinstance(policy, Energy) else None
 
 
+def _float64_source(module: nn.Module) -> tuple[nn.Module, torch.dtype | None]:
+    """`(module to factorize, dtype to cast the result back to)`: a float64 copy of a module
+    with lower-precision float weights, so that the factors carry only their final rounding
+    (float32 factors computed in float32 add the SVD's own ~1e-6 error per layer)."""
+    dtype = module.weight.dtype
+    if not dtype.is_floating_point or dtype == torch.float64:
+        return module, None
+    return copy.deepcopy(module).double(), dtype
+
+
 def _build(c: Candidate, rank: Rank, opts: dict[str, Any]) -> nn.Module:
     cls = FORMATS[c.fmt]
     sig = inspect.signature(cls.from_dense).parameters
     kw = {"name": c.name} if "name" in sig else {}
     try:
         with torch.no_grad():
-            return cls.from_dense(c.module, rank, **kw, **opts)
+            source, dtype = _float64_source(c.module)
+            new = cls.from_dense(source, rank, **kw, **opts)
+            return new if dtype is None else new.to(dtype=dtype)
     except (RankError, UnsupportedLayerError) as e:
         raise type(e)(f"{c.name}: {e}") from e
     except TypeError as e:

@@ -2,14 +2,16 @@
 weights) × every applicable format.
 
 - lossless (`energy:1.0`) on weights made exactly low rank: the output matches the dense model to
-  1e-9 relative in float64 and to `LOSSLESS_TOL_F32` in float32; every layer left dense says
-  why.
+  1e-9 relative in float64 and to `LOSSLESS_TOL_F32` in float32 (or, where larger, the float32
+  noise floor of the dense model itself: its own deviation when run channels-last); every layer
+  left dense says why.
 - `budget:params=0.5`: the reported parameter count equals the model's real unique parameters
   (tied weights once) and meets the budget.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -23,9 +25,10 @@ from tests.real_models.conftest import MODELS, calibrate_norms, make_low_rank
 CONV_FORMATS = ("channel", "spatial", "tucker2", "cp")
 LINEAR_FORMATS = ("svd", "tt")
 FAST_CP = {"cp": {"n_iter_max": 2}}
-# float32: the factors of a float32 weight carry ~1e-6 relative rounding, which random deep nets
-# amplify up to ~30× (measured: RegNetX stem alone 1e-5); float64 is checked to 1e-9.
-LOSSLESS_TOL_F32 = 5e-5
+# float32: factors are computed in float64 and rounded once; what is left is float32 evaluation
+# noise, which a random deep net amplifies (measured: the 0.25-wide MobileNetV3's dense output
+# moves by 2.3e-5 relative just from running channels-last). float64 is checked to 1e-9.
+LOSSLESS_TOL_F32 = 1e-5
 
 
 def _out(y: Any) -> torch.Tensor:
@@ -67,15 +70,26 @@ def _setup(name: str, dtype: torch.dtype = torch.float32) -> Setup:
     return _CACHE[name, dtype]
 
 
+def _noise_floor(model: nn.Module, ex: tuple[Any, ...], y0: torch.Tensor) -> float:
+    """Relative deviation of the dense model's own output when run channels-last."""
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    xs = tuple(e.contiguous(memory_format=torch.channels_last)
+               if isinstance(e, torch.Tensor) and e.dim() == 4 else e for e in ex)
+    with torch.no_grad():
+        y = _out(cl(*xs))
+    return float((y - y0).norm() / y0.norm())
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_lossless_matches_or_says_why(name):
     """energy:1.0 keeps the function: float32 to LOSSLESS_TOL_F32 relative; in float64 (where
     the low-rank weights are exact to 1e-16) to 1e-9, so no layer is approximated at all."""
     model, ex, y0 = _setup(name)
     m64, ex64, y64 = _setup(name, torch.float64)
+    tol32 = max(LOSSLESS_TOL_F32, _noise_floor(model, ex, y0))
     factorized = 0
     for fmt in _formats(model):
-        for ref, inputs, y_ref, tol in ((model, ex, y0, LOSSLESS_TOL_F32),
+        for ref, inputs, y_ref, tol in ((model, ex, y0, tol32),
                                         (m64, ex64, y64, 1e-9)):
             new, rep = decompose(ref, format=fmt, rank="energy:1.0", example_inputs=inputs)
             with torch.no_grad():
