@@ -25,7 +25,7 @@ Rows per model (prefix r20 / r56), settings of the papers unless marked ours:
 - `trp-nc`, `trpnu-nc`, `trp-vh`, `trpnu-vh`: TRP (energy 0.9, period 1) without / with the
   nuclear sub-gradient (λ = 3e-4); after training the run decomposes with value threshold 0.05
   into `RUN/factorized/` (no fine-tuning).
-- `trpnu-nc-e97` (ours): TRP+Nu NC with training energy 0.97
+- `trpnu-nc-e97-m10` (ours): TRP+Nu NC with training energy 0.97, period 10
   (`cifar10_evidence.TRP_ENERGY_EVIDENCE`).
 - `sfw-ksup`, `sfw-nuc`: SFW with the spectral-K-support / nuclear ball (`SFW_SETTINGS`, ours,
   see its docstring), then `rankwise sweep` (rank removed from every conv without retraining)
@@ -66,7 +66,7 @@ PAPER_SPEEDUP = {"channel": 2.17, "spatial": 2.84}
 """TRP+Nu ResNet-20 FLOPs reductions (README); the decomposition baseline's MACs target."""
 
 TRP_COMMON = ("--method", "trp", "--trp-energy", "0.9", "--trp-period", "1")
-TRP_ENERGY_OURS = "0.97"
+TRP_OURS = {"energy": "0.97", "period": "10"}
 SFW_SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "spectral-k-support": ("0.1", ("--sfw-k", "0.3", "--sfw-width", "3")),
     "nuclear": ("0.1", ("--sfw-width", "10")),
@@ -77,7 +77,7 @@ momentum 0.9, no weight decay, the exact LMO (default of the spectral sets)."""
 
 SFW_COMMON = ("--method", "sfw", "--sfw-rescale", "gradient", "--sfw-momentum", "0.9",
               "--sfw-sweep", "none")
-PIPELINE_SOURCE = "trpnu-nc-e97/factorized"
+PIPELINE_SOURCE = "trpnu-nc-e97-m10/factorized"
 PIPELINE_ARGS = ("--prune", "magnitude:0.3", "--quantize", "int8", "--entropy-code", "zstd")
 POSTS = ("model", "trp", "decompose", "sweep", "elrt", "compress")
 
@@ -182,13 +182,15 @@ def model_rows(prefix: str, schedule: str = DEFAULT_SCHEDULE, seed: int = 0) -> 
             rows.append(BenchRow(step.out, m, "trp+nu" if nu == "trpnu" else "trp", scheme,
                                  label, "trp", (step,), seed=seed))
         if scheme == "channel":
-            step = _train(prefix, "trpnu-nc-e97", schedule, seed, *TRP_COMMON, "--trp-scheme",
+            step = _train(prefix, "trpnu-nc-e97-m10", schedule, seed, *TRP_COMMON, "--trp-scheme",
                           scheme, "--nuclear-weight", "3e-4")
-            argv = step.argv[:step.argv.index("--trp-energy") + 1] + (TRP_ENERGY_OURS,) + \
-                step.argv[step.argv.index("--trp-energy") + 2:]
+            argv = list(step.argv)
+            for key, value in TRP_OURS.items():
+                argv[argv.index(f"--trp-{key}") + 1] = value
             rows.append(BenchRow(step.out, m, "trp+nu", scheme,
-                                 f"TRP+Nu NC, energy {TRP_ENERGY_OURS} (ours)", "trp",
-                                 (Step(argv, step.out, step.done),), seed=seed))
+                                 f"TRP+Nu NC, energy {TRP_OURS['energy']}, period "
+                                 f"{TRP_OURS['period']} (ours)", "trp",
+                                 (Step(tuple(argv), step.out, step.done),), seed=seed))
     sweep = _sweep(dense.out)
     rows.append(BenchRow(sweep.out, m, "sgd-sweep", "channel",
                          "SGD, truncated (no retraining)", "sweep", (sweep,),

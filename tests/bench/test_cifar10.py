@@ -62,8 +62,8 @@ def test_commands_match_the_queued_runs_and_order_dependencies() -> None:
     assert order.index("r20-sfw-ksup") < order.index("r20-sfw-ksup-sweep")
     assert "sweep runs/cifar10/r20-sfw-ksup " in cmds["r20-sfw-ksup-sweep"]
     assert "--checkpoint runs/cifar10/r20-dense " in cmds["r20-decomp-nc-ft"]
-    assert "r20-trpnu-nc-e97/factorized" in cmds["r20-pipeline"]
-    assert "--trp-energy 0.97 " in cmds["r20-trpnu-nc-e97"]
+    assert "r20-trpnu-nc-e97-m10/factorized" in cmds["r20-pipeline"]
+    assert "--trp-energy 0.97 --trp-period 10 " in cmds["r20-trpnu-nc-e97-m10"]
     assert schedule_args("paper")[:6] == ("--epochs", "164", "--schedule", "step",
                                           "--milestones", "82,122")
 
