@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ from torch import nn
 from rankwise.analysis.latency import measure_latency
 from rankwise.analysis.macs import call_model
 from rankwise.analysis.profile import count
-from rankwise.bench.real_models_report import PATHS, section
+from rankwise.bench.real_models_export import TensorOut, export_paths, first_out, split_args
+from rankwise.bench.real_models_report import section
 from rankwise.io.atomic import atomic_write
 from rankwise.layers.base import FactorizedLayer
 from rankwise.models.resolve import build_model, example_inputs
@@ -92,107 +92,13 @@ def torchvision_cpu_shim() -> None:
     torchvision_cpu_shim.keep = lib  # type: ignore[attr-defined]  # keep the ops registered
 
 
-def _first_out(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, dict):
-        return next(v for v in out.values() if isinstance(v, torch.Tensor))
-    return out[0]
-
-
-def _args(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(inputs, dict):
-        return (), dict(inputs)
-    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), {}
-
-
-def _cell(fn: Callable[[], torch.Tensor], ref: torch.Tensor) -> dict[str, Any]:
-    start = time.perf_counter()
-    try:
-        out = fn()
-        err = float((out.float() - ref.float()).abs().max())
-        return {"ok": True, "max_abs_err": err, "ref_max_abs": float(ref.float().abs().max()),
-                "seconds": time.perf_counter() - start}
-    except Exception as e:  # a benchmark cell records any failure instead of stopping the run
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return {"ok": False, "error": f"{type(e).__name__}: {msg}",
-                "seconds": time.perf_counter() - start}
-
-
-class TensorOut(nn.Module):
-    """`model(**dict(zip(keys, tensors)))` reduced to its first tensor (HF `logits`): the
-    exporters take positional tensors in and a tensor out."""
-
-    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
-        super().__init__()
-        self.model, self.keys = model, keys
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return _first_out(self.model(**dict(zip(self.keys, tensors, strict=True))))
-
-
-def export_paths(model: nn.Module, inputs: Any, compile_backend: str = "inductor",
-                 workdir: Path | None = None,
-                 paths: tuple[str, ...] = PATHS) -> dict[str, dict[str, Any]]:
-    """Run `model` through the deployment `paths` (default all five); per path "ok" with the
-    max abs deviation from eager, or the error."""
-    args, kwargs = _args(inputs)
-    with torch.no_grad():
-        out = model(*args, **kwargs)
-    if kwargs and not isinstance(out, torch.Tensor):  # HF: keyword inputs, ModelOutput
-        model, args, kwargs = TensorOut(model, tuple(kwargs)), tuple(kwargs.values()), {}
-    ref = _first_out(out)
-
-    def compiled() -> torch.Tensor:
-        torch._dynamo.reset()
-        fn = torch.compile(model, backend=compile_backend, fullgraph=True)
-        with torch.no_grad():
-            return _first_out(fn(*args, **kwargs))
-
-    def exported() -> torch.Tensor:
-        ep = torch.export.export(model, args, kwargs)
-        with torch.no_grad():
-            return _first_out(ep.module()(*args, **kwargs))
-
-    def traced() -> torch.Tensor:
-        tr = torch.jit.trace(model, example_inputs=args or None,
-                             example_kwarg_inputs=kwargs or None, strict=False)
-        with torch.no_grad():
-            return _first_out(tr(*args, **kwargs))
-
-    def onnx() -> torch.Tensor:
-        import onnxruntime as ort
-
-        with tempfile.TemporaryDirectory(dir=workdir) as tmp:  # model.onnx + its .data file
-            path = Path(tmp) / "model.onnx"
-            torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=True,
-                              verbose=False)
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            flat = [*args, *kwargs.values()]
-            feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), flat, strict=False)}
-            out = sess.run(None, feed)[0]
-        return torch.from_numpy(out)
-
-    def scripted() -> torch.Tensor:
-        sm = torch.jit.script(model)
-        with torch.no_grad():
-            return _first_out(sm(*args, **kwargs))
-
-    fns = {"compile": compiled, "export": exported, "trace": traced, "onnx": onnx,
-           "script": scripted}
-    with torch.no_grad():
-        return {name: _cell(fns[name], ref) for name in paths}
-
-
 def fvcore_macs(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
     """fvcore's total and per-operator counts (its "flops" are MACs), or None if unavailable."""
     try:
         from fvcore.nn import FlopCountAnalysis
     except ImportError:
         return None
-    args, kwargs = _args(inputs)
+    args, kwargs = split_args(inputs)
     if kwargs:  # fvcore traces positional tensors in, tensors out
         model, args = TensorOut(model, tuple(kwargs)), tuple(kwargs.values())
     try:
@@ -215,34 +121,37 @@ def measure(model: nn.Module, inputs: Any, precisions: tuple[str, ...],
 
 
 def tltorch_like(dense: nn.Module, factorized: nn.Module) -> tuple[nn.Module, list[str]]:
-    """`dense` with each layer that rankwise factorized in `factorized` replaced by tltorch's
-    factorized layer at the same parameter ratio (Tucker convs, Tucker linears), and the names
-    of the layers left dense: grouped convs (`FactorizedConv` has no `groups`)."""
+    """`factorized` with each rankwise layer replaced by tltorch's factorized layer at the same
+    parameter ratio (Tucker convs, Tucker linears), built from the dense layer of the same name
+    (or, inside modules rankwise converted such as `nn.MultiheadAttention`, from `to_dense()`),
+    and the names of the layers left dense: grouped convs (`FactorizedConv` has no `groups`)."""
     import tltorch
 
-    out, kept = copy.deepcopy(dense), []
-    for name, layer in factorized.named_modules():
-        if not isinstance(layer, FactorizedLayer):
-            continue
-        old = out.get_submodule(name)
+    out, kept = copy.deepcopy(factorized), []
+    layers = [(n, m) for n, m in factorized.named_modules() if isinstance(m, FactorizedLayer)]
+    for name, layer in layers:
+        try:
+            old = copy.deepcopy(dense.get_submodule(name))
+        except AttributeError:
+            old = layer.to_dense()
         if type(old).__name__ == "Conv1D" and hasattr(old, "nf"):  # HF GPT-2: y = x W + b
             lin = nn.Linear(old.weight.shape[0], old.weight.shape[1])
             with torch.no_grad():
                 lin.weight.copy_(old.weight.T)
                 lin.bias.copy_(old.bias)
             old = lin
-        if not isinstance(old, (nn.Conv2d, nn.Linear)):
-            continue
-        if isinstance(old, nn.Conv2d) and old.groups != 1:
+        if not isinstance(old, (nn.Conv2d, nn.Linear)) or (
+                isinstance(old, nn.Conv2d) and old.groups != 1):
             kept.append(name)
-            continue
-        ratio = layer.params() / sum(p.numel() for p in old.parameters())
-        if isinstance(old, nn.Conv2d):
+            new = layer.to_dense()
+        elif isinstance(old, nn.Conv2d):
+            ratio = layer.params() / sum(p.numel() for p in old.parameters())
             new = tltorch.FactorizedConv.from_conv(old, rank=ratio, factorization="tucker",
                                                    implementation="factorized")
         else:
             # "reconstructed": tltorch's factorized Tucker linear contracts input, core and
             # factors in one einsum whose intermediate needs GBs for a ViT block (measured)
+            ratio = layer.params() / sum(p.numel() for p in old.parameters())
             new = tltorch.FactorizedLinear.from_linear(old, rank=ratio, factorization="tucker",
                                                        implementation="reconstructed")
         parent, _, child = name.rpartition(".")
@@ -268,13 +177,24 @@ def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
     return one(inputs) if isinstance(inputs, torch.Tensor) else tuple(one(v) for v in inputs)
 
 
+def _init_zero_heads(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Draw N(0, 0.02²) weights for linear layers initialised to zero (torchvision ViT's head):
+    a zero output would hide every export and factorization deviation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.02)
+    return model
+
+
 def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir: Path,
               workdir: Path) -> dict[str, Any]:
     """One model's JSON record (see the module docstring)."""
     from rankwise.surgery.decompose import decompose
 
     spec = entry["spec"].format(hf_dir=hf_dir)
-    dense = build_model(spec, seed=0, **entry["kwargs"]).eval()
+    dense = _init_zero_heads(build_model(spec, seed=0, **entry["kwargs"]).eval())
     inputs = random_inputs(example_inputs(dense, entry["shape"]), dense, seed=0)
     precisions = ("fp32",) if quick else ("fp32", "bf16")
     min_run = 0.05 if quick else 0.5
@@ -283,7 +203,7 @@ def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir
                            "input_shape": list(entry["shape"]), "rank": f"ratio:{ratio}",
                            "dense": measure(dense, inputs, precisions, min_run),
                            "fvcore": fvcore_macs(dense, inputs), "variants": {}}
-    args, kwargs = _args(inputs)
+    args, kwargs = split_args(inputs)
     fact, report = decompose(dense, format=entry["conv"], linear_format=entry["linear"],
                              rank=f"ratio:{ratio}", example_inputs=(args, kwargs),
                              skip_first_conv=True)
@@ -314,8 +234,8 @@ def _variant(name: str, model: nn.Module, dense: nn.Module, inputs: Any,
                       if isinstance(m, FactorizedLayer) or type(m).__module__.startswith(
                           "tltorch")} - {"FactorizedTensor"})
     with torch.no_grad():
-        deviation = float((_first_out(call_model(model, inputs))
-                           - _first_out(call_model(dense, inputs))).abs().max())
+        deviation = float((first_out(call_model(model, inputs))
+                           - first_out(call_model(dense, inputs))).abs().max())
     return {
         "formats": formats,
         **measure(model, inputs, precisions, min_run),
@@ -375,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["MODELS", "PATHS", "TensorOut", "export_paths", "main", "run_model", "section"]
+__all__ = ["MODELS", "main", "run_model", "section"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -75,7 +75,7 @@ def section(results_root: str | Path) -> str:
             formats = ", ".join(f for f in v["formats"]
                                 if lib != "tltorch" or f.startswith("Factorized"))
             if v.get("kept_dense"):
-                formats += f" ({len(v['kept_dense'])} grouped convs dense)"
+                formats += f" ({len(v['kept_dense'])} layers dense)"
             cells = [r["model"], lib, formats, _x(d["params"], v["params"]),
                      _x(d["macs"], v["macs"]), _x(dlat.get("fp32"), lat.get("fp32")),
                      _x(dlat.get("bf16"), lat.get("bf16"))]
@@ -97,8 +97,8 @@ def section(results_root: str | Path) -> str:
         lines.append(f"| {r['model']} | `{r['spec']}` | {r['kind']} | {macs / 1e9:.3f} G | {fv} | "
                      f"{share} | {core_share} |")
     lines += ["", "fvcore also counts norm and pooling elements (total); its conv+matmul part "
-              "misses fused attention kernels (scaled_dot_product_attention), which rankwise "
-              "counts."]
+              "misses fused attention kernels (scaled_dot_product_attention) and, in torchvision's "
+              "ViT, the projections inside nn.MultiheadAttention, which rankwise counts."]
     return "\n".join(lines) + "\n"
 
 

@@ -45,7 +45,7 @@ class FactorizedLayer(nn.Module, ABC):
     # bookkeeping, never read by `forward`; the scripted module leaves them and every property
     # (`rank`, `bias`, ..., see `__init_subclass__`) out, so `torch.jit.script` compiles
     # `forward` alone.
-    __jit_ignored_attributes__: ClassVar[list[str]] = ["dense_spec", "_rank"]
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["dense_spec", "_dense_spec", "_rank"]
     __jit_unused_properties__: ClassVar[list[str]] = ["rank"]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -54,8 +54,26 @@ class FactorizedLayer(nn.Module, ABC):
             {n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, property)})
 
     if TYPE_CHECKING:
-        dense_spec: DenseSpec
         _rank: Rank
+
+    MIRRORED: ClassVar[tuple[str, ...]] = (
+        "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+        "in_features", "out_features")
+    """The replaced layer's public shape attributes, copied as plain attributes when the layer
+    class does not define them: code around a layer (and its TorchScript, e.g. timm's
+    `ConvNormAct.in_channels`) reads them."""
+
+    @property
+    def dense_spec(self) -> DenseSpec:
+        """The replaced layer's constructor arguments."""
+        return self._dense_spec
+
+    @dense_spec.setter
+    def dense_spec(self, spec: DenseSpec) -> None:
+        self._dense_spec = spec
+        for name in self.MIRRORED:
+            if hasattr(spec, name) and not hasattr(type(self), name):
+                setattr(self, name, getattr(spec, name))
 
     # ----- construction -------------------------------------------------------------------
     @classmethod

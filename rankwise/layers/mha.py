@@ -38,6 +38,9 @@ class ProjectedMultiheadAttention(nn.Module):
     `(S, N, kdim|vdim)` → `(attn_output (L, N, E), weights (N, L, S) | (N, H, L, S) | None)`.
     """
 
+    # TorchScript compiles `forward` only; the `in_proj_*` views are for eager callers
+    __jit_unused_properties__ = ["in_proj_weight", "in_proj_bias"]
+
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -166,7 +169,7 @@ class ProjectedMultiheadAttention(nn.Module):
             kpm = kpm.reshape(bsz * h, 1, src)
             attn_mask = kpm if attn_mask is None else attn_mask + kpm
         p = self.dropout if self.training else 0.0
-        weights = None
+        weights: torch.Tensor | None = None
         if need_weights:
             qs = q * math.sqrt(1.0 / hd)
             scores = (torch.baddbmm(attn_mask, qs, k.transpose(-2, -1)) if attn_mask is not None

@@ -7,7 +7,8 @@ import json
 import torch
 from torch import nn
 
-from rankwise.bench.real_models import PATHS, export_paths, section
+from rankwise.bench.real_models import section
+from rankwise.bench.real_models_export import PATHS, export_paths
 
 
 def _record(model: str) -> dict:
@@ -42,6 +43,25 @@ def test_section_ratios_and_statuses(tmp_path):
     assert "| resnet50 | tltorch | fail: ValueError: no |" in md
     assert "| 4.000 G | 4.040 G | 1.010 | 1.000 |" in md  # conv + linear = 4.0 G
     assert section(tmp_path / "empty") == ""
+
+
+def test_section_relative_cells_dense_layers_and_header(tmp_path):
+    rec = _record("regnetx")
+    rec.update(command="python -m rankwise.bench.real_models --out o --models regnetx",
+               date="2026-12-06")
+    rec["environment"].update(processor="x86_64", python="3.11")
+    cell = {"ok": True, "max_abs_err": 2e-6, "ref_max_abs": 10.0, "seconds": 1.0}
+    rec["variants"]["tltorch"] = {**rec["variants"]["rankwise"], "formats": [
+        "FactorizedConv", "TuckerTensor"], "export": {p: cell for p in PATHS},
+        "kept_dense": ["s1.conv2", "s2.conv2"]}
+    (tmp_path / "regnetx.json").write_text(json.dumps(rec))
+    md = section(tmp_path)
+    row = next(line for line in md.splitlines() if line.startswith("| regnetx | tltorch"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "FactorizedConv (2 layers dense)"
+    assert cells[7:] == ["ok (2e-07 rel)"] * len(PATHS)
+    assert "`python -m rankwise.bench.real_models --out o --models NAME`" in md
+    assert "2026-12-06" in md and "x86_64 CPU" in md and "1 thread" in md
 
 
 def test_export_paths_reports_failures_per_path():
