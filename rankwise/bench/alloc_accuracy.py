@@ -159,6 +159,12 @@ def markdown(rec: dict[str, Any]) -> str:
         lines.append(f"| {a['label']} | {a['speedup']:.2f}× | {a['macs_x']:.2f} | "
                      f"{a['params_x']:.2f} | {a['energy']:.3f} | {a['acc_decomposed']:.2f} | "
                      f"{a['acc_finetuned']:.2f} | {fm} |")
+    macs_arm, lat_arm = rec["arms"][0], rec["arms"][1]
+    if set(lat_arm["formats"]) == {"dense"} and macs_arm["speedup"] <= 1.0:
+        lines += ["", f"Reading: the MACs allocator's model runs {macs_arm['speedup']:.2f}× the "
+                  "dense model's speed here: its measured time is above the dense time, a budget "
+                  "the dense network already meets, so the latency allocator keeps every layer "
+                  "dense: more energy and accuracy at the same or less time."]
     env = rec.get("env", {})
     lines += ["", f"Command: `{rec['command']}` (commit {env.get('git_commit', '?')}, "
               f"{env.get('date', '?')})."]
