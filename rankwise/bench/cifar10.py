@@ -62,6 +62,7 @@ LEGACY_SCHEDULE = "cpu40"
 RUNTIME = ("--precision", "bf16", "--channels-last", "--num-threads", "1", "--quiet")
 SWEEP_RATIOS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 FINETUNE_EPOCHS = 10
+RETRAIN_EPOCHS = 4
 PAPER_SPEEDUP = {"channel": 2.17, "spatial": 2.84}
 """TRP+Nu ResNet-20 FLOPs reductions (README); the decomposition baseline's MACs target."""
 
@@ -156,6 +157,17 @@ def _decompose(prefix: str, scheme: str, schedule: str, seed: int) -> Step:
     return Step(argv, run, "decompose_report.json")
 
 
+def _retrain(run: str, seed: int) -> Step:
+    """The TRP code's `--retrain`: the trained run decomposed as TRP does (channel, value
+    threshold 0.05, first conv and FC kept), then fine-tuned `RETRAIN_EPOCHS` at lr 0.01."""
+    argv = ("decompose", "--checkpoint", f"{{runs}}/{run}", "--format", "channel",
+            "--linear-format", "none", "--rank", "value:0.05", "--skip-first-conv", "--dataset",
+            SUITE, "--finetune", str(RETRAIN_EPOCHS), "--lr", "0.01", "--schedule", "cosine",
+            "--precision", "bf16", "--channels-last", "--num-threads", "1", "--seed", str(seed),
+            "--quiet", "--out", f"{{runs}}/{run}-rt{RETRAIN_EPOCHS}")
+    return Step(argv, f"{run}-rt{RETRAIN_EPOCHS}", "decompose_report.json")
+
+
 def _sweep(run: str) -> Step:
     """`rankwise sweep` of a trained run: every conv truncated at each ratio, no retraining."""
     return Step(("sweep", f"{{runs}}/{run}", "--kind", "lowrank", "--scheme", "channel",
@@ -191,6 +203,10 @@ def model_rows(prefix: str, schedule: str = DEFAULT_SCHEDULE, seed: int = 0) -> 
                                  f"TRP+Nu NC, energy {TRP_OURS['energy']}, period "
                                  f"{TRP_OURS['period']} (ours)", "trp",
                                  (Step(tuple(argv), step.out, step.done),), seed=seed))
+            rt = _retrain(step.out, seed)
+            rows.append(BenchRow(rt.out, m, "trp+nu", scheme, f"  + retrain {RETRAIN_EPOCHS} ep "
+                                 "(the code's `--retrain`)", "decompose", (rt,),
+                                 needs=(step.out,), seed=seed))
     sweep = _sweep(dense.out)
     rows.append(BenchRow(sweep.out, m, "sgd-sweep", "channel",
                          "SGD, truncated (no retraining)", "sweep", (sweep,),
