@@ -151,6 +151,59 @@ def provenance(results: dict[str, dict[str, Any]]) -> list[str]:
             "then `rankwise bench report`."]
 
 
+PAPER_DENSE = 91.74
+PAPER_TRPNU_DROP = 1.24
+
+
+def claims(rows: Sequence[BenchRow], results: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's claims for one model and schedule, each read off the result files: holds /
+    does not hold, with the numbers."""
+    def metrics(r: BenchRow) -> dict[str, Any]:
+        return results.get(r.name, {}).get("metrics", {})
+
+    dense_row = next((r for r in rows if r.method == "dense"), None)
+    dense = metrics(dense_row) if dense_row else {}
+    if dense.get("acc") is None:
+        return []
+    out = []
+    gap = PAPER_DENSE - dense["acc"]
+    if rows[0].model == "resnet20":
+        out.append(f"- dense within 1 point of the paper's {PAPER_DENSE}: "
+                   f"{'holds' if gap <= 1.0 else 'does not hold'} ({dense['acc']:.2f}, "
+                   f"{-gap:+.2f}).")
+    decomp = next((metrics(r) for r in rows if r.method == "decompose+ft"
+                   and r.scheme == "channel" and metrics(r).get("acc") is not None), None)
+    for r in rows:
+        m = metrics(r)
+        if r.method != "trp+nu" or r.scheme != "channel" or m.get("acc") is None:
+            continue
+        speed = dense["flops_reference"] / m["flops_reference"]
+        drop = dense["acc"] - m["acc"]
+        ok = speed >= 2.0 and drop <= PAPER_TRPNU_DROP + 0.5
+        text = (f"- {r.label.strip()}: ≥ 2× FLOPs with a drop ≤ {PAPER_TRPNU_DROP + 0.5:.2f}: "
+                f"{'holds' if ok else 'does not hold'} ({speed:.2f}×, −{drop:.2f})")
+        if decomp is not None:
+            d_speed = dense["flops_reference"] / decomp["flops_reference"]
+            beats = m["acc"] > decomp["acc"] and speed >= d_speed * 0.97
+            text += (f"; beats decomposition + fine-tuning ({decomp['acc']:.2f} at "
+                     f"{d_speed:.2f}×): {'yes' if beats else 'no'}")
+        out.append(text + ".")
+    sgd = next((metrics(r).get("sweep") for r in rows if r.method == "sgd-sweep"), None)
+    for r in rows:
+        sweep = metrics(r).get("sweep")
+        if r.method != "sfw" or not sweep or not sgd:
+            continue
+        base = {s["ratio"]: s["acc"] for s in sgd}
+        above = [s["ratio"] for s in sweep if s["ratio"] in base and s["acc"] > base[s["ratio"]]]
+        below = [s["ratio"] for s in sweep if s["ratio"] in base and s["acc"] < base[s["ratio"]]]
+        verdict = "holds" if not below else ("holds from " + f"{min(above):g} on" if above and
+                                             max(below) < min(above) else "does not hold")
+        out.append(f"- {r.label.replace(', truncated (no retraining)', '')} curve above SGD's: "
+                   f"{verdict} (above at {', '.join(f'{x:g}' for x in above) or 'no ratio'}; "
+                   f"below at {', '.join(f'{x:g}' for x in below) or 'no ratio'}).")
+    return ["", "Claims, read off this table:", "", *out] if out else []
+
+
 def _schedule_text(schedule: str) -> str:
     args = SCHEDULES[schedule]
     flags = dict(zip(args[::2], args[1::2], strict=True))
@@ -174,6 +227,7 @@ def section(results_root: Path, rows: Sequence[BenchRow] | None = None,
         title = f"{model}, {_schedule_text(schedule)}"
         lines += model_table(model, mine, results, runs_dir, title=title)
         lines += sweep_table(title, mine, results)
+        lines += claims(mine, results)
         lines.append("")
     lines += ["### Settings marked (ours) and the evidence for them", "",
               TRP_ENERGY_EVIDENCE.strip(), "", SFW_EVIDENCE.strip(), ""]

@@ -20,7 +20,7 @@ from rankwise.bench.cifar10 import (
     suite_rows,
 )
 from rankwise.bench.cifar10_collect import collect, reference_flops
-from rankwise.bench.cifar10_report import section
+from rankwise.bench.cifar10_report import claims, section
 from rankwise.bench.papers import paper_row
 from rankwise.io.model_file import save
 from rankwise.layers import FORMATS
@@ -183,3 +183,24 @@ def test_collect_writes_finished_rows_and_section_lists_pending(tmp_path: Path) 
     assert "91.74" in dense_line and f"{m['acc']:.2f}" in dense_line
     assert "| 0.5 | 25.00 |" in md  # the sweep table
     assert "0.0" in md and "40 ep cosine" in md
+
+
+def test_claims_are_read_off_the_results() -> None:
+    rows = suite_rows(("r20",), schedule="cpu40")
+    by = {r.method + (r.scheme or ""): r.name for r in rows}
+    sweep = [{"ratio": 0.0, "acc": 90.0}, {"ratio": 0.5, "acc": 50.0}]
+    results = {
+        "r20-dense": {"metrics": {"acc": 91.0, "flops_reference": 400}},
+        by["decompose+ftchannel"]: {"metrics": {"acc": 89.0, "flops_reference": 184}},
+        "r20-trpnu-nc": {"metrics": {"acc": 89.5, "flops_reference": 188}},
+        "r20-dense-sweep": {"metrics": {"sweep": sweep}},
+        "r20-sfw-ksup": {"metrics": {"sweep": [{"ratio": 0.0, "acc": 88.0},
+                                                {"ratio": 0.5, "acc": 87.0}]}},
+    }
+    text = "\n".join(claims(rows, results))
+    assert "within 1 point of the paper's 91.74: holds (91.00, -0.74)" in text
+    assert "TRP+Nu NC: ≥ 2× FLOPs with a drop ≤ 1.74: holds (2.13×, −1.50)" in text
+    assert "beats decomposition + fine-tuning (89.00 at 2.17×): yes" in text
+    assert "curve above SGD's: holds from 0.5 on (above at 0.5; below at 0)" in text
+    results["r20-trpnu-nc"]["metrics"]["acc"] = 88.0
+    assert "does not hold (2.13×, −3.00)" in "\n".join(claims(rows, results))
