@@ -33,13 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.analysis.profile import count
 from rankwise.bench.benchmarks_md import register_section
 from rankwise.bench.harness import environment, write_json_atomic
-from rankwise.bench.speed_alloc import EQUAL_TOL, _time
+from rankwise.bench.speed_alloc import _time, match_measured_time, summarize
 from rankwise.io.model_file import load
 from rankwise.surgery.decompose import decompose
-from rankwise.surgery.latency_budget import LatencyBudget, mean_energy
+from rankwise.surgery.latency_budget import LatencyBudget
 
 
 def conv_choices(model: nn.Module, report: dict[str, Any] | Any) -> dict[str, Any]:
@@ -56,18 +55,6 @@ def conv_choices(model: nn.Module, report: dict[str, Any] | Any) -> dict[str, An
     return out
 
 
-def _arm(label: str, dense: nn.Module, model: nn.Module, choices: dict[str, Any],
-         shape: tuple[int, ...], dense_ms: float, ms: float) -> dict[str, Any]:
-    _, dp, dm = count(dense, shape)
-    _, p, m = count(model, shape)
-    formats: dict[str, int] = {}
-    for c in choices.values():
-        formats["dense" if c is None else c[0]] = formats.get("dense" if c is None else c[0],
-                                                              0) + 1
-    return {"label": label, "ms": ms, "speedup": dense_ms / ms, "params_x": dp / p,
-            "macs_x": dm / m, "energy": mean_energy(dense, choices), "formats": formats}
-
-
 def match_latency(dense: nn.Module, macs_model: nn.Module, shape: tuple[int, ...],
                   precision: str, batch: int, rounds: int = 7, measure: bool = True
                   ) -> tuple[LatencyBudget, nn.Module, Any, list[float]]:
@@ -76,16 +63,16 @@ def match_latency(dense: nn.Module, macs_model: nn.Module, shape: tuple[int, ...
     ms)`. `measure=False`: the allocator uses the analytic table (tests)."""
     x = torch.randn((batch, *shape))
     t = _time([dense, macs_model], x, [precision] * 2, rounds, 1)
-    ratio = min(1.0, t[1] / t[0])
-    for _ in range(2):
+
+    def build(ratio: float) -> tuple[nn.Module, tuple[LatencyBudget, Any]]:
         policy = LatencyBudget(ratio=ratio, precision=precision, batch=batch, threads=1,
                                measure=measure)
         lat, rep = decompose(dense, format="channel", rank=policy, input_shape=shape,
                              linear_format=None, skip_first_conv=True)
-        t = _time([dense, macs_model, lat], x, [precision] * 3, rounds, 1)
-        if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
-            break
-        ratio = min(1.0, ratio * t[1] / t[2])
+        return lat, (policy, rep)
+
+    _, (lat, (policy, rep)), t = match_measured_time(dense, macs_model, x, precision, rounds, 1,
+                                                     min(1.0, t[1] / t[0]), build)
     return policy, lat, rep, t
 
 
@@ -118,12 +105,14 @@ def run(dense_dir: Path, macs_dir: Path, out: Path, precision: str, batch: int,
                                      epochs=epochs, train_cfg=cfg, out_dir=out, meta=meta,
                                      linear_format=None, skip_first_conv=True)
     arms = [
-        {**_arm(f"MACs allocator ({macs_report['format']}, {macs_report['policy']})", dense,
-                macs_model, conv_choices(macs_model, macs_report), shape, t[0], t[1]),
+        {**summarize(f"MACs allocator ({macs_report['format']}, {macs_report['policy']})",
+                     "macs", macs_model, dense, conv_choices(macs_model, macs_report), shape),
+         "ms": t[1], "speedup": t[0] / t[1],
          "acc_decomposed": 100 * macs_report["accuracy"]["decomposed"],
          "acc_finetuned": 100 * macs_report["accuracy"]["finetuned"]},
-        {**_arm(f"latency allocator (budget:latency={ratio:.4f})", dense, lat,
-                conv_choices(lat, rep), shape, t[0], t[2]),
+        {**summarize(f"latency allocator (budget:latency={ratio:.4f})", "latency", lat, dense,
+                     conv_choices(lat, rep), shape),
+         "ms": t[2], "speedup": t[0] / t[2],
          "acc_decomposed": 100 * data["accuracy"]["decomposed"],
          "acc_finetuned": 100 * data["accuracy"]["finetuned"]},
     ]

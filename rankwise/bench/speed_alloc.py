@@ -93,12 +93,29 @@ def _time(models: list[nn.Module], x: torch.Tensor, precisions: list[str], round
     return interleaved_ms(fns, rounds=rounds, block_s=0.02, clock=clock_for(threads))
 
 
+def match_measured_time(dense: nn.Module, target: nn.Module, x: torch.Tensor, precision: str,
+                        rounds: int, threads: int, ratio: float,
+                        build: Callable[[float], tuple[nn.Module, Any]]
+                        ) -> tuple[float, tuple[nn.Module, Any], list[float]]:
+    """Equal measured latency: `build(ratio)` (a latency-allocated model and its plan or
+    report) timed in one interleaved run with `dense` and `target`; when its time differs from
+    `target`'s by more than `EQUAL_TOL`, the ratio is corrected once by the measured ratio and
+    rebuilt. Returns `(corrected ratio, last build(...), [dense, target, built] ms)`."""
+    for _ in range(2):
+        built = build(ratio)
+        t = _time([dense, target, built[0]], x, [precision] * 3, rounds, threads)
+        if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
+            break
+        ratio = min(1.0, ratio * t[1] / t[2])
+    return ratio, built, t
+
+
 def _macs_choices(report: Any) -> dict[str, Any]:
     return {r.name: None if r.format is None else (r.format, r.rank) for r in report.rows
             if r.type == "Conv2d"}
 
 
-def _variant(label: str, allocator: str, model: nn.Module, dense: nn.Module,
+def summarize(label: str, allocator: str, model: nn.Module, dense: nn.Module,
              choices: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
     _, d_params, d_macs = count(dense, shape)
     _, params, macs = count(model, shape)
@@ -132,7 +149,7 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         for fmt in p["macs_formats"]:
             m, rep = decompose(dense, fmt, MacsBudget(float(p["macs_ratio"])), input_shape=shape,
                                linear_format=None)
-            variants.append(_variant(f"MACs budget {p['macs_ratio']:g}, {fmt}", "macs", m, dense,
+            variants.append(summarize(f"MACs budget {p['macs_ratio']:g}, {fmt}", "macs", m, dense,
                                      _macs_choices(rep), shape))
             models.append(m)
         base = dict(precision=prec, batch=batch, threads=threads, cache_dir=p.get("cache_dir"),
@@ -140,7 +157,7 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         plan = latency_plan(dense, None, LatencyBudget(ratio=float(p["latency_ratio"]), **base),
                             shape)
         lat = apply_choices(dense, plan.choices)
-        variants.append({**_variant(f"latency budget {p['latency_ratio']:g}", "latency", lat,
+        variants.append({**summarize(f"latency budget {p['latency_ratio']:g}", "latency", lat,
                                     dense, plan.choices, shape),
                          "predicted_x": plan.dense_ms / plan.predicted_ms, "met": plan.met})
         models.append(lat)
@@ -156,18 +173,16 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         # equal measured latency: the latency allocator at each MACs model's measured ratio,
         # timed in one interleaved run with that MACs model; one recalibration of the target
         # when the two measured times differ by more than `EQUAL_TOL`.
+        def build(r: float) -> tuple[nn.Module, Any]:
+            plan_r = latency_plan(dense, None, LatencyBudget(ratio=r, **base), shape)
+            return apply_choices(dense, plan_r.choices), plan_r
+
         eq_variants = []
         for v, macs_model in zip(variants, models[:len(p["macs_formats"])], strict=False):
-            ratio = min(1.0, v["ms"] / dense_ms)
-            for _ in range(2):
-                eq = latency_plan(dense, None, LatencyBudget(ratio=ratio, **base), shape)
-                eq_model = apply_choices(dense, eq.choices)
-                t = _time([dense, macs_model, eq_model], x, [prec] * 3, int(p["rounds"]),
-                          threads)
-                if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
-                    break
-                ratio = min(1.0, ratio * t[1] / t[2])
-            eq_variants.append({**_variant(f"latency budget = measured time of '{v['label']}'",
+            ratio, (eq_model, eq), t = match_measured_time(
+                dense, macs_model, x, prec, int(p["rounds"]), threads,
+                min(1.0, v["ms"] / dense_ms), build)
+            eq_variants.append({**summarize(f"latency budget = measured time of '{v['label']}'",
                                            "latency-equal", eq_model, dense, eq.choices, shape),
                                 "vs": v["label"], "vs_energy": v["energy"], "ratio": ratio,
                                 "ms": t[2], "speedup": t[0] / t[2], "vs_speedup": t[0] / t[1],
@@ -191,4 +206,4 @@ def write_alloc_results(results_dir: Path, records: list[dict[str, Any]], comman
 
 
 __all__ = ["ALLOC_MODELS", "ALLOC_PRECISIONS", "ALLOC_THREADS", "MACS_FORMATS", "alloc_cells",
-           "run_alloc_cell", "write_alloc_results"]
+           "match_measured_time", "run_alloc_cell", "summarize", "write_alloc_results"]
