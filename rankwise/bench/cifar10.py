@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     from rankwise.bench.cifar10_report import section
 
     default = (a.models, a.schedule, a.seeds) == ("r20,r56", DEFAULT_SCHEDULE, "0")
-    print(section(a.results, rows=None if default else rows, runs_dir=a.runs))
+    print(section(a.results, rows=None if default else rows))
     return 0
 
 

@@ -17,7 +17,6 @@ from typing import Any
 from rankwise.bench.benchmarks_md import load_result_files, register_section
 from rankwise.bench.cifar10 import (
     LEGACY_SCHEDULE,
-    RUNS_DIR,
     SCHEDULES,
     SUITE,
     BenchRow,
@@ -82,7 +81,7 @@ def _pending(row: BenchRow) -> str:
 
 
 def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[str, Any]],
-                runs_dir: Path, title: str | None = None) -> list[str]:
+                title: str | None = None) -> list[str]:
     """Markdown lines of one model's table (Δ against the dense row among `rows`)."""
     dense_row = next((r for r in rows if r.method == "dense"), None)
     dense = results.get(dense_row.name, {}).get("metrics", {}) if dense_row else {}
@@ -211,8 +210,7 @@ def _schedule_text(schedule: str) -> str:
             f"wd {flags['--wd']}, batch {flags['--batch-size']}")
 
 
-def section(results_root: Path, rows: Sequence[BenchRow] | None = None,
-            runs_dir: Path = RUNS_DIR) -> str:
+def section(results_root: Path, rows: Sequence[BenchRow] | None = None) -> str:
     """The whole section (Markdown) from `results_root/cifar10/*.json`: one table per model and
     schedule. By default the default schedule's rows (unfinished ones listed as pending) and,
     below them, the rows of the legacy schedule that have results."""
@@ -225,7 +223,7 @@ def section(results_root: Path, rows: Sequence[BenchRow] | None = None,
     for model, schedule in groups:
         mine = [r for r in rows if r.model == model and schedule_of(r) == schedule]
         title = f"{model}, {_schedule_text(schedule)}"
-        lines += model_table(model, mine, results, runs_dir, title=title)
+        lines += model_table(model, mine, results, title=title)
         lines += sweep_table(title, mine, results)
         lines += claims(mine, results)
         lines.append("")

@@ -173,7 +173,7 @@ def test_collect_writes_finished_rows_and_section_lists_pending(tmp_path: Path) 
     assert [p.name for p in collect(runs, results / "cifar10", rows=rows, latency=False)] == [
         "r20-pipeline.json"]
 
-    md = section(results, rows=rows, runs_dir=runs)
+    md = section(results, rows=rows)
     pending = next(line for line in md.splitlines() if line.startswith("| TRP+Nu NC"))
     assert "**pending**" in pending and "`r20-trpnu-nc`" in pending
     cells = [c.strip() for c in pending.split("|")]
