@@ -26,7 +26,10 @@ Rows per model (prefix r20 / r56), settings of the papers unless marked ours:
   nuclear sub-gradient (λ = 3e-4); after training the run decomposes with value threshold 0.05
   into `RUN/factorized/` (no fine-tuning).
 - `trpnu-nc-e97-m10` (ours): TRP+Nu NC with training energy 0.97, period 10
-  (`cifar10_evidence.TRP_ENERGY_EVIDENCE`).
+  (`cifar10_evidence.TRP_ENERGY_EVIDENCE`); `…-rt4`: it decomposed and fine-tuned as the TRP
+  code's `--retrain`; `decomp-nc-ft-at-trpnu-nc-e97-m10`: the dense model decomposed at the MACs
+  that TRP row ended with (a `{macs:RUN}` placeholder, resolved once RUN has finished) and
+  fine-tuned like `decomp-nc-ft`: the equal-FLOPs baseline the claims compare it with.
 - `sfw-ksup`, `sfw-nuc`: SFW with the spectral-K-support / nuclear ball (`SFW_SETTINGS`, ours,
   see its docstring), then `rankwise sweep` (rank removed from every conv without retraining)
   into `RUN-sweep/`, against `dense-sweep` (the same sweep of the SGD model: SGD's curve).
@@ -38,13 +41,13 @@ Rows per model (prefix r20 / r56), settings of the papers unless marked ours:
 from __future__ import annotations
 
 import argparse
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rankwise.bench.cifar10_steps import RUNS_DIR, Step, command_or_wait, step_done
+
 SUITE = "cifar10"
-RUNS_DIR = Path("runs/cifar10")
 RESULTS_DIR = Path("results/cifar10")
 MODELS = {"r20": "resnet20", "r56": "resnet56"}
 
@@ -81,21 +84,6 @@ SFW_COMMON = ("--method", "sfw", "--sfw-rescale", "gradient", "--sfw-momentum", 
 PIPELINE_SOURCE = "trpnu-nc-e97-m10/factorized"
 PIPELINE_ARGS = ("--prune", "magnitude:0.3", "--quantize", "int8", "--entropy-code", "zstd")
 POSTS = ("model", "trp", "decompose", "sweep", "elrt", "compress")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One CLI call: `argv` after `rankwise`, writing the run directory `out` (a name under the
-    runs directory); `done` is the file whose presence marks it finished."""
-
-    argv: tuple[str, ...]
-    out: str
-    done: str
-
-    def command(self, runs_dir: Path = RUNS_DIR) -> str:
-        """The shell command line, with `{runs}` replaced by `runs_dir`."""
-        args = [a.replace("{runs}", str(runs_dir)) for a in self.argv]
-        return shlex.join(["rankwise", *args])
 
 
 @dataclass(frozen=True)
@@ -144,11 +132,16 @@ def _train(prefix: str, name: str, schedule: str, seed: int, *extra: str,
     return Step(argv, run, "summary.json")
 
 
-def _decompose(prefix: str, scheme: str, schedule: str, seed: int) -> Step:
+def _decompose(prefix: str, scheme: str, schedule: str, seed: int, at: str | None = None
+               ) -> Step:
+    """Decompose the dense run at the paper's MACs reduction for `scheme`, or, with `at` (a
+    run name), at the MACs that run ended with (resolved when it has finished)."""
     short = {"channel": "nc", "spatial": "vh"}[scheme]
     x = _sfx(seed, schedule)
-    run = f"{prefix}-decomp-{short}-ft{x}"
-    budget = f"budget:macs={1.0 / PAPER_SPEEDUP[scheme]:.3f}"
+    run = f"{prefix}-decomp-{short}-ft{x}" if at is None else f"{prefix}-decomp-{short}-ft-at-" \
+        f"{at.removeprefix(prefix + '-').removesuffix(x)}{x}"
+    budget = f"budget:macs={1.0 / PAPER_SPEEDUP[scheme]:.3f}" if at is None else \
+        f"budget:macs={{macs:{at}}}"
     runtime = () if schedule == LEGACY_SCHEDULE else ("--precision", "bf16", "--channels-last")
     argv = ("decompose", "--checkpoint", f"{{runs}}/{prefix}-dense{x}", "--format", scheme,
             "--rank", budget, "--skip-first-conv", "--dataset", SUITE, "--finetune",
@@ -207,6 +200,11 @@ def model_rows(prefix: str, schedule: str = DEFAULT_SCHEDULE, seed: int = 0) -> 
             rows.append(BenchRow(rt.out, m, "trp+nu", scheme, f"  + retrain {RETRAIN_EPOCHS} ep "
                                  "(the code's `--retrain`)", "decompose", (rt,),
                                  needs=(step.out,), seed=seed))
+            matched = _decompose(prefix, scheme, schedule, seed, at=step.out)
+            rows.append(BenchRow(
+                matched.out, m, "decompose+ft", scheme, f"  decompose NC + fine-tune "
+                f"{FINETUNE_EPOCHS} ep at the MACs of TRP+Nu NC (ours)", "decompose", (matched,),
+                needs=(dense.out, step.out), seed=seed, notes={"at_macs_of": step.out}))
     sweep = _sweep(dense.out)
     rows.append(BenchRow(sweep.out, m, "sgd-sweep", "channel",
                          "SGD, truncated (no retraining)", "sweep", (sweep,),
@@ -253,13 +251,9 @@ def commands(rows: Sequence[BenchRow] | None = None,
     later: dict[str, str] = {}
     for r in rows:
         for s in r.steps:
-            (seen if s.argv[0] == "train" else later).setdefault(s.out, s.command(runs_dir))
+            (seen if s.argv[0] == "train" else later).setdefault(s.out, command_or_wait(
+                s, runs_dir))
     return [*seen.items(), *later.items()]
-
-
-def step_done(step: Step, runs_dir: Path = RUNS_DIR) -> bool:
-    """Whether `step` has finished (its marker file exists)."""
-    return (Path(runs_dir) / step.out / step.done).is_file()
 
 
 def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None = None

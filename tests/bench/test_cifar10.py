@@ -187,7 +187,7 @@ def test_collect_writes_finished_rows_and_section_lists_pending(tmp_path: Path) 
 
 def test_claims_are_read_off_the_results() -> None:
     rows = suite_rows(("r20",), schedule="cpu40")
-    by = {r.method + (r.scheme or ""): r.name for r in rows}
+    by = {r.method + (r.scheme or ""): r.name for r in rows if "at_macs_of" not in r.notes}
     sweep = [{"ratio": 0.0, "acc": 90.0}, {"ratio": 0.5, "acc": 50.0}]
     results = {
         "r20-dense": {"metrics": {"acc": 91.0, "flops_reference": 400}},
@@ -200,7 +200,42 @@ def test_claims_are_read_off_the_results() -> None:
     text = "\n".join(claims(rows, results))
     assert "within 1 point of the paper's 91.74: holds (91.00, -0.74)" in text
     assert "TRP+Nu NC: ≥ 2× FLOPs with a drop ≤ 1.74: holds (2.13×, −1.50)" in text
-    assert "beats decomposition + fine-tuning (89.00 at 2.17×): yes" in text
+    assert "beats decomposition + fine-tuning at the paper's FLOPs (89.00 at 2.17×): yes" in text
     assert "curve above SGD's: holds from 0.5 on (above at 0.5; below at 0)" in text
     results["r20-trpnu-nc"]["metrics"]["acc"] = 88.0
     assert "does not hold (2.13×, −3.00)" in "\n".join(claims(rows, results))
+
+
+def test_trp_row_is_compared_with_a_decomposition_at_its_own_macs() -> None:
+    rows = suite_rows(("r20",), schedule="cpu40")
+    matched = next(r for r in rows if r.notes.get("at_macs_of") == "r20-trpnu-nc-e97-m10")
+    assert matched.needs == ("r20-dense", "r20-trpnu-nc-e97-m10")
+    results = {
+        "r20-dense": {"metrics": {"acc": 91.0, "flops_reference": 400}},
+        "r20-decomp-nc-ft": {"metrics": {"acc": 88.0, "flops_reference": 184}},
+        "r20-trpnu-nc-e97-m10": {"metrics": {"acc": 89.5, "flops_reference": 160}},
+        "r20-trpnu-nc-e97-m10-rt4": {"metrics": {"acc": 89.9, "flops_reference": 160}},
+    }
+    text = "\n".join(claims(rows, results))  # no matched result: the paper-FLOPs row
+    assert "(ours): ≥ 2× FLOPs with a drop ≤ 1.74: holds (2.50×, −1.50); beats " \
+           "decomposition + fine-tuning at the paper's FLOPs (88.00 at 2.17×): yes" in text
+    results[matched.name] = {"metrics": {"acc": 89.7, "flops_reference": 160}}
+    lines = claims(rows, results)
+    ours = next(line for line in lines if "(ours)" in line)
+    retrain = next(line for line in lines if "retrain" in line)
+    assert "at the same MACs (89.70 at 2.50×): no" in ours
+    assert "at the same MACs (89.70 at 2.50×): yes" in retrain
+
+
+def test_matched_decomposition_waits_for_its_trp_run(tmp_path: Path) -> None:
+    rows = suite_rows(("r20",), schedule="cpu60")
+    name = "r20-decomp-nc-ft-at-trpnu-nc-e97-m10-cpu60"
+    waiting = dict(pending_commands(tmp_path, rows))[name]
+    assert waiting.startswith("# after r20-trpnu-nc-e97-m10-cpu60: rankwise decompose")
+    run = tmp_path / "r20-trpnu-nc-e97-m10-cpu60"
+    run.mkdir()
+    counts = {"macs_before": 4000, "macs_after": 1000}
+    (run / "trp_report.json").write_text(json.dumps({"counting": {"rankwise": counts}}))
+    ready = dict(pending_commands(tmp_path, rows))[name]
+    assert ready.startswith("rankwise decompose --checkpoint " + str(tmp_path / "r20-dense-cpu60"))
+    assert "--rank budget:macs=0.2500 " in ready and f"--out {tmp_path / name}" in ready

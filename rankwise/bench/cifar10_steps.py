@@ -1,0 +1,74 @@
+"""One step of the `cifar10` suite: a `rankwise` CLI call writing one run directory.
+
+A step's argv may name the runs directory as `{runs}` and another run's MACs reduction as
+`{macs:RUN}` (RUN's model MACs after / before, read from its `trp_report.json` once RUN has
+finished): how a decomposition is run at exactly the MACs a TRP run ended with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_DIR = Path("runs/cifar10")
+MACS_PLACEHOLDER = re.compile(r"\{macs:([^}]+)\}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One CLI call: `argv` after `rankwise`, writing the run directory `out` (a name under the
+    runs directory); `done` is the file whose presence marks it finished."""
+
+    argv: tuple[str, ...]
+    out: str
+    done: str
+
+    def command(self, runs_dir: Path = RUNS_DIR) -> str:
+        """The shell command line, with `{runs}` replaced by `runs_dir` and a `{macs:RUN}`
+        placeholder by RUN's MACs after / before (`macs_of`); raises `KeyError` while RUN has
+        not finished."""
+        args = []
+        for a in self.argv:
+            a = a.replace("{runs}", str(runs_dir))
+            m = MACS_PLACEHOLDER.search(a)
+            if m:
+                a = a.replace(m.group(0), f"{macs_of(Path(runs_dir) / m.group(1)):.4f}")
+            args.append(a)
+        return shlex.join(["rankwise", *args])
+
+    @property
+    def waits_for(self) -> str | None:
+        """The run whose result the argv needs (a `{macs:RUN}` placeholder), or None."""
+        m = next((MACS_PLACEHOLDER.search(a) for a in self.argv if MACS_PLACEHOLDER.search(a)),
+                 None)
+        return m.group(1) if m else None
+
+
+def macs_of(run_dir: Path) -> float:
+    """A finished TRP run's model MACs after / before its decomposition (rankwise counting,
+    `trp_report.json`); `KeyError` if the run has not written it yet."""
+    path = Path(run_dir) / "trp_report.json"
+    if not path.is_file():
+        raise KeyError(f"{path} does not exist yet")
+    counts = json.loads(path.read_text())["counting"]["rankwise"]
+    return counts["macs_after"] / counts["macs_before"]
+
+
+def step_done(step: Step, runs_dir: Path = RUNS_DIR) -> bool:
+    """Whether `step` has finished (its marker file exists)."""
+    return (Path(runs_dir) / step.out / step.done).is_file()
+
+
+def command_or_wait(step: Step, runs_dir: Path) -> str:
+    """`step.command`, or, while the run it waits for is unfinished, `# after RUN: <argv>`."""
+    try:
+        return step.command(runs_dir)
+    except KeyError:
+        args = [a.replace("{runs}", str(runs_dir)) for a in step.argv]
+        return f"# after {step.waits_for}: " + shlex.join(["rankwise", *args])
+
+
+__all__ = ["MACS_PLACEHOLDER", "RUNS_DIR", "Step", "command_or_wait", "macs_of", "step_done"]
