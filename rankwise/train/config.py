@@ -119,6 +119,10 @@ class ModelConfig:
 
     name: str = option(help="zoo name, e.g. resnet20 (rankwise.models)", flag="model")
     width: int | None = option(None, help="width multiplier/base width", low=1)
+    init: str | None = option(None, help="start from these weights: a saved model or run "
+                              "directory (model.json + model.safetensors) or a .safetensors file "
+                              "of the same architecture (not with methods that build the "
+                              "factorized layers themselves, e.g. elrt)")
 
     def __post_init__(self) -> None:
         options.validate(self)

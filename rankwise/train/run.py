@@ -28,6 +28,7 @@ import torch
 from rankwise import options
 from rankwise.errors import ConfigError
 from rankwise.train.config import DataConfig, ModelConfig, TrainConfig, check_device
+from rankwise.train.init_weights import file_digest, init_source, load_init_weights
 from rankwise.train.logger import dumps
 from rankwise.train.recipes import get_recipe
 from rankwise.train.rundir import RunLock, prepare_run_dir
@@ -132,7 +133,15 @@ def run(config: RunConfig) -> dict[str, Any]:
     train_data = load_split(spec, True, data.data_dir, data.download_mode, data.limit_train)
     test_data = load_split(spec, False, data.data_dir, data.download_mode, data.limit_test)
     kwargs = model_kwargs_for(model_cfg.name, train_data, model_cfg.width)
-    meta = {"model": {"name": model_cfg.name, "kwargs": kwargs},
+    model_meta: dict[str, Any] = {"name": model_cfg.name, "kwargs": kwargs}
+    if model_cfg.init is not None:
+        if getattr(method, "builds_on_meta", False):
+            raise ConfigError(f"--init: method {method.name!r} builds its factorized layers "
+                              "from scratch and never holds the dense weights; drop --init, or "
+                              "decompose the trained model with `rankwise decompose`")
+        file = init_source(model_cfg.init)
+        model_meta["init"] = {"path": str(model_cfg.init), "sha256": file_digest(file)}
+    meta = {"model": model_meta,
             "input_shape": list(train_data.shape), "dataset": spec, "method": method.name,
             "method_config": method_config_dict(method, mcfg), "rankwise_version": _version()}
 
@@ -167,6 +176,8 @@ def _train(create_model, trainer_cls, method, mcfg, model_cfg: ModelConfig,
             model = create_model(model_cfg.name, **kwargs)
     else:
         model = create_model(model_cfg.name, **kwargs)
+        if model_cfg.init is not None and not resume:  # a resumed run has its checkpoint
+            load_init_weights(model, model_cfg.init)
     model = method.prepare_model(model, mcfg, train_data.shape)
     trainer = trainer_cls(model, train, train_data, test_data, write_dir,
                           hooks=method.hooks(mcfg),

@@ -1,0 +1,67 @@
+"""`--init`: start a run from the weights of a trained model of the same architecture.
+
+The TRP paper's ImageNet recipe (Xu et al. 2020, §4.2) applies TRP while fine-tuning a
+pre-trained network rather than from scratch; SFW and plain fine-tuning start the same way.
+The source is a directory written by `rankwise.save` (e.g. a `rankwise train` run directory,
+which holds `model.json` + `model.safetensors`) or a `.safetensors` state dict. Nothing pickled
+is read. The weights must match the zoo model exactly (names and shapes): a factorized model
+cannot seed a dense run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from torch import nn
+
+from rankwise.errors import CheckpointError
+
+
+def init_source(path: str | os.PathLike[str]) -> Path:
+    """The weights file `--init PATH` names: PATH/model.safetensors of a saved-model directory,
+    or PATH itself if it is a `.safetensors` file; `CheckpointError` otherwise."""
+    p = Path(path)
+    if p.is_dir() and (p / "model.json").is_file() and (p / "model.safetensors").is_file():
+        return p / "model.safetensors"
+    if p.is_file() and p.suffix == ".safetensors":
+        return p
+    raise CheckpointError(f"--init {p}: expected a directory written by rankwise.save or "
+                          "`rankwise train` (model.json + model.safetensors) or a .safetensors "
+                          "state dict; pickled .pt files are not read")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (recorded in config.json, so a resumed run starts from the same weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Copy the weights named by `--init path` into `model` (every parameter and buffer, strict);
+    returns the file read. A missing, extra or differently shaped tensor raises
+    `CheckpointError` naming the first few."""
+    from safetensors.torch import load_file
+
+    file = init_source(path)
+    tensors = load_file(str(file), device="cpu")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shape = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or extra or shape:
+        parts = [f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", extra),
+                                     ("shape differs for", shape)) if keys]
+        raise CheckpointError(f"--init {file}: its weights do not fit the model ("
+                              + "; ".join(parts) + "); pass a trained model of the same zoo "
+                              "architecture, width and number of classes (dense, not factorized)")
+    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own}, strict=True)
+    return file
+
+
+__all__ = ["file_digest", "init_source", "load_init_weights"]
