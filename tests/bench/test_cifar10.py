@@ -64,6 +64,11 @@ def test_commands_match_the_queued_runs_and_order_dependencies() -> None:
     assert "--checkpoint runs/cifar10/r20-dense " in cmds["r20-decomp-nc-ft"]
     assert "r20-trpnu-nc-e97-m10/factorized" in cmds["r20-pipeline"]
     assert "--trp-energy 0.97 --trp-period 10 " in cmds["r20-trpnu-nc-e97-m10"]
+    tuned = cmds["r20-trpnu-nc-ft"]
+    for flag in ("--init runs/cifar10/r20-dense ", "--epochs 10 ", "--lr 0.01 ", "--wd 1e-4 ",
+                 "--trp-energy 0.9 --trp-period 1 "):
+        assert flag in tuned
+    assert "budget:macs={macs:r20-trpnu-nc-ft}" in cmds["r20-decomp-nc-ft-at-trpnu-nc-ft"]
     assert schedule_args("paper")[:6] == ("--epochs", "164", "--schedule", "step",
                                           "--milestones", "82,122")
 
