@@ -41,7 +41,8 @@ def load_target(target: str, args: argparse.Namespace | None = None) -> LoadedMo
     """Load RUN_OR_MODEL (see the module docstring); never unpickles.
 
     A trainer run's `config.json` (if present next to or above `model.json`) is returned as
-    `run_config` (e.g. its `dataset` entry).
+    `run_config` (e.g. its `dataset` entry); without one, the `meta` that `rankwise decompose`
+    stores in `model.json` (which names the dataset too).
     """
     from rankwise import io
     from rankwise.cli.decompose import find_saved_dir
@@ -63,6 +64,8 @@ def load_target(target: str, args: argparse.Namespace | None = None) -> LoadedMo
                 except json.JSONDecodeError as e:
                     raise CheckpointError(f"{d / 'config.json'} is not valid JSON ({e})") from e
                 break
+        else:
+            run_config = dict(config.get("meta") or {})
         return LoadedModel(model, config.get("arch"), dict(config.get("arch_kwargs") or {}),
                            io.saved_input_shape(saved), saved, run_config)
     from rankwise.models import create_model

@@ -139,6 +139,24 @@ def test_compress_dataset_from_run_config_and_filter_prune(run_dir, tmp_path, ca
     assert model(torch.zeros(1, *SHAPE)).shape == (1, 10)
 
 
+def test_compress_reads_the_dataset_a_decompose_output_records(run_dir, tmp_path, capsys):
+    """A `rankwise decompose` output has no config.json; its model.json meta names the data."""
+    from rankwise.io.model_file import save
+    from rankwise.surgery.decompose import decompose
+
+    trained = load_compressed(run_dir)
+    model, _ = decompose(trained, format="channel", rank="ratio:0.5")
+    meta = json.loads((run_dir / "config.json").read_text())
+    saved = save(model, tmp_path / "dec", arch="tiny", input_shape=SHAPE,
+                 meta={"command": "decompose", "dataset": meta["dataset"]})
+    out = tmp_path / "c"
+    assert main(["compress", str(saved), "--quantize", "int8", "--limit-test", "48", "--out",
+                 str(out), "--json"]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["name"] == "synthetic" and report["test_samples"] == 48
+
+
 def test_compress_errors_are_reported(tmp_path, zoo, capsys):
     saved = io.save(tiny(), tmp_path / "m", arch="tiny", input_shape=SHAPE)  # no config.json
     assert main(["compress", str(saved), "--quantize", "int8", "--out",
