@@ -12,7 +12,8 @@ UTC) and `collected` (now), `schedule` (epochs / schedule / lr from config.json)
   `flops_reference` (the TRP code's counting: every `nn.Conv2d` — inside factorized layers
   too — `weight.numel() × output pixels`, FC excluded; `reference_flops`), `latency_ms` and
   `latency_bf16_ms` (batch 1, median, fp32 and under bf16 autocast, the collecting machine's
-  threads) unless `latency=False`;
+  threads) with `dense_latency_ms` / `dense_latency_bf16_ms`, the same model and schedule's
+  dense run timed in the same interleaved blocks (`latency_vs_dense`), unless `latency=False`;
 - sweep rows: `sweep`, one `{ratio, acc, params, macs}` per ratio, from the step's sweep.json;
 - compress rows: `stages` (stage, acc, params, bytes stored) and `bytes` of the last stage.
 
@@ -32,7 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.bench.cifar10 import RESULTS_DIR, RUNS_DIR, SUITE, BenchRow, step_done, suite_rows
+from rankwise.bench.cifar10 import (
+    RESULTS_DIR,
+    RUNS_DIR,
+    SUITE,
+    BenchRow,
+    schedule_of,
+    step_done,
+    suite_rows,
+)
 from rankwise.errors import ConfigError
 
 MODEL_POSTS = {"model": "", "elrt": "", "trp": "factorized", "decompose": ""}
@@ -116,9 +125,39 @@ def _test_data(config: dict[str, Any]) -> Any:
     return data.subset(slice(0, int(limit))) if limit else data
 
 
+class _Bf16(nn.Module):
+    """`model` called under CPU bf16 autocast (a module, for `interleaved_latency`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x)
+
+
+def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[int],
+                     min_run_time: float = 0.2, rounds: int = 3) -> dict[str, float]:
+    """Batch-1 median latency (ms) of `model` and of `dense` on zeros `(1, *input_shape)`, fp32
+    and under bf16 autocast, each pair timed in alternating ABBA blocks
+    (`speed_timing.interleaved_latency`) so that load from other processes hits both alike:
+    `dense_latency_ms / latency_ms` is the speedup the table shows."""
+    from rankwise.bench.speed_timing import interleaved_latency
+
+    x = torch.zeros(1, *[int(v) for v in input_shape])
+    out: dict[str, float] = {"latency_threads": torch.get_num_threads()}
+    for suffix, wrap in (("", lambda m: m), ("_bf16", _Bf16)):
+        d, m = interleaved_latency([wrap(dense), wrap(model)], [x, x], min_run_time, rounds)
+        out[f"latency{suffix}_ms"] = m["median_ms"]
+        out[f"dense_latency{suffix}_ms"] = d["median_ms"]
+    return out
+
+
 def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],
-                  latency: bool = True) -> dict[str, Any]:
-    """acc (%), params, macs (rankwise), flops_reference, latency_ms of a loaded model."""
+                  dense: nn.Module | None = None) -> dict[str, Any]:
+    """acc (%), params, macs (rankwise), flops_reference of a loaded model, and its latency
+    against `dense` (`latency_vs_dense`) when given."""
     from rankwise.analysis.accuracy import evaluate
     from rankwise.analysis.profile import count
 
@@ -126,12 +165,8 @@ def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],
     _, params, macs = count(model, input_shape)
     out: dict[str, Any] = {"acc": 100.0 * evaluate(model, test_data)["acc"], "params": params,
                            "macs": macs, "flops_reference": reference_flops(model, input_shape)}
-    if latency:
-        from rankwise.analysis.latency import measure_latency
-
-        out["latency_ms"] = measure_latency(model, input_shape, 1)["median_ms"]
-        out["latency_bf16_ms"] = measure_latency(model, input_shape, 1,
-                                                 precision="bf16")["median_ms"]
+    if dense is not None:
+        out.update(latency_vs_dense(model, dense.float().eval(), input_shape))
     return out
 
 
@@ -169,26 +204,29 @@ def _compress_metrics(path: Path) -> dict[str, Any]:
 
 
 def row_metrics(runs_dir: Path, row: BenchRow, config: dict[str, Any],
-                latency: bool = True) -> dict[str, Any]:
-    """The metrics of one finished row (see the module docstring)."""
+                dense_dir: Path | None = None) -> dict[str, Any]:
+    """The metrics of one finished row (see the module docstring); latency against the saved
+    model in `dense_dir` when given."""
     from rankwise.io.model_file import load
 
     shape = tuple(config.get("input_shape") or (3, 32, 32))
     if row.post == "compress":
         return _compress_metrics(runs_dir / row.run / "report.json")
+    dense = load(dense_dir) if dense_dir is not None else None
     if row.post == "sweep":
         base = runs_dir / (row.needs[0] if row.needs else row.steps[0].out)
-        out = model_metrics(load(base), _test_data(config), shape, latency)
+        out = model_metrics(load(base), _test_data(config), shape, dense)
         out["sweep"] = _sweep_rows(_sweep_file(runs_dir, row))
         return out
     if row.post not in MODEL_POSTS:
         raise ConfigError(f"cifar10 row {row.name}: unknown post-processing {row.post!r}")
     path = runs_dir / row.run / MODEL_POSTS[row.post]
-    return model_metrics(load(path), _test_data(config), shape, latency)
+    return model_metrics(load(path), _test_data(config), shape, dense)
 
 
-def result_record(runs_dir: Path, row: BenchRow, latency: bool = True) -> dict[str, Any]:
-    """The result JSON of one finished row."""
+def result_record(runs_dir: Path, row: BenchRow, dense_dir: Path | None = None
+                  ) -> dict[str, Any]:
+    """The result JSON of one finished row (latency against the model in `dense_dir`)."""
     from rankwise.bench.harness import environment
 
     config = _run_config(runs_dir, row)
@@ -209,7 +247,7 @@ def result_record(runs_dir: Path, row: BenchRow, latency: bool = True) -> dict[s
         "schedule": {k: train.get(k) for k in ("epochs", "schedule", "lr", "milestones",
                                                "weight_decay", "batch_size", "precision")},
         "source": _fingerprint(runs_dir, row),
-        "metrics": _finite(row_metrics(runs_dir, row, config, latency)),
+        "metrics": _finite(row_metrics(runs_dir, row, config, dense_dir)),
     }
 
 
@@ -230,8 +268,11 @@ def collect(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
     from rankwise.io.atomic import atomic_write_json
 
     runs_dir, results_dir = Path(runs_dir), Path(results_dir)
+    rows = suite_rows() if rows is None else rows
+    dense_of = {(r.model, schedule_of(r), r.seed): runs_dir / r.run for r in rows
+                if r.method == "dense" and all(step_done(s, runs_dir) for s in r.steps)}
     written = []
-    for row in suite_rows() if rows is None else rows:
+    for row in rows:
         if not all(step_done(s, runs_dir) for s in row.steps):
             continue
         path = results_dir / f"{row.name}.json"
@@ -243,9 +284,11 @@ def collect(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
             if old.get("source") == _fingerprint(runs_dir, row):
                 continue
         results_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, result_record(runs_dir, row, latency))
+        dense = dense_of.get((row.model, schedule_of(row), row.seed)) if latency else None
+        atomic_write_json(path, result_record(runs_dir, row, dense))
         written.append(path)
     return written
 
 
-__all__ = ["collect", "model_metrics", "reference_flops", "result_record", "row_metrics"]
+__all__ = ["collect", "latency_vs_dense", "model_metrics", "reference_flops", "result_record",
+           "row_metrics"]

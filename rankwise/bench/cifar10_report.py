@@ -33,9 +33,10 @@ the TRP reference code's "ResNet-56" uses Bottleneck blocks, so its ResNet-56 nu
 for reference only (†). Paper: TRP README (Xu et al. 2020). Δ = accuracy − dense accuracy of
 the same source (ours against our dense row, the paper's against its own baseline). MACs ×:
 rankwise counting (every conv and linear, per sample); FLOPs ×: the TRP code's counting (convs
-only, FC excluded). Latency: batch 1 on the collecting machine, fp32 / under bf16 autocast, each
-model against nothing but its own precision (compare rows within a column). Size: stored bytes
-(fp32 weights, or the pipeline's entropy-coded file).
+only, FC excluded). Latency ×: dense time ÷ this row's time at batch 1, fp32 / under bf16
+autocast, the two models timed in alternating blocks in one process (threads: the result file's
+`latency_threads`; > 1× = faster than our dense model in the same precision). Size: stored
+bytes (fp32 weights, or the pipeline's entropy-coded file).
 """
 
 
@@ -52,10 +53,9 @@ def _ratio(dense: float | None, v: float | None) -> str:
 
 
 def _latency(m: dict[str, Any]) -> str:
-    fp32, bf16 = m.get("latency_ms"), m.get("latency_bf16_ms")
-    if fp32 is None and bf16 is None:
-        return "–"
-    return f"{_f(fp32)} / {_f(bf16)}"
+    """Speedup over the dense model timed in the same interleaved blocks, fp32 / bf16."""
+    cells = [_ratio(m.get(f"dense_latency{p}_ms"), m.get(f"latency{p}_ms")) for p in ("", "_bf16")]
+    return "–" if cells == ["–", "–"] else " / ".join(cells)
 
 
 def _by_row(results_root: Path) -> dict[str, dict[str, Any]]:
@@ -87,7 +87,7 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
     dense = results.get(dense_row.name, {}).get("metrics", {}) if dense_row else {}
     lines = [f"### {title or model}", "",
              "| row | acc % | Δ ours | paper % | Δ paper | params | MACs × | FLOPs × (TRP) "
-             "| latency ms fp32 / bf16 | size KB | schedule |",
+             "| latency × fp32 / bf16 | size KB | schedule |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         res = results.get(row.name)

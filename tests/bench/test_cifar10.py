@@ -244,3 +244,21 @@ def test_matched_decomposition_waits_for_its_trp_run(tmp_path: Path) -> None:
     ready = dict(pending_commands(tmp_path, rows))[name]
     assert ready.startswith("rankwise decompose --checkpoint " + str(tmp_path / "r20-dense-cpu60"))
     assert "--rank budget:macs=0.2500 " in ready and f"--out {tmp_path / name}" in ready
+
+
+def test_latency_is_timed_against_the_dense_model_and_shown_as_a_ratio() -> None:
+    from rankwise.bench.cifar10_collect import latency_vs_dense
+    from rankwise.bench.cifar10_report import model_table
+
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10))
+    small = FORMATS["channel"].from_dense(dense[0], 2)
+    lat = latency_vs_dense(nn.Sequential(small, *dense[1:]), dense, (3, 8, 8), 0.005, 1)
+    assert set(lat) == {"latency_ms", "dense_latency_ms", "latency_bf16_ms",
+                        "dense_latency_bf16_ms", "latency_threads"}
+    assert all(v > 0 for v in lat.values())
+    rows = suite_rows(("r20",), schedule="cpu40")
+    metrics = {"acc": 90.0, "params": 10, "macs": 5, "flops_reference": 5, "latency_ms": 1.0,
+               "dense_latency_ms": 2.0, "latency_bf16_ms": 4.0, "dense_latency_bf16_ms": 3.0}
+    lines = model_table("resnet20", rows, {"r20-dense": {"metrics": metrics}})
+    assert "| 2.00 / 0.75 |" in next(line for line in lines if line.startswith("| dense"))
