@@ -21,10 +21,15 @@ cosine, λ = 3e-4, bf16, 1 thread; min–max energy rank of the 18 targets, max 
 
 The ranks keep falling by about one per epoch at 0.95–0.97, so every period-1 setting ends far
 beyond the paper's 2.17× (ranks about 7 / 13 / 26 for 16 / 32 / 64 channels) — with the
-accuracy of a network of rank-3-to-8 layers. Period 10 applies the ratchet ten times less often
-and lets ten SGD steps regrow a direction before it is judged; with energy 0.97 its 1,564
-truncations over 40 epochs are expected to stop near 2–2.5×. (Runs stopped early for lack of
-time are not rows; their ranks above come from their logs.)
+accuracy of a network of rank-3-to-8 layers. Without regrowth the ratchet stops only where
+σ_r² > (1 − e)·Σ_{i≤r} σ_i² ≥ (1 − e)·r·σ_r², i.e. at a rank below 1 / (1 − e): at most 9 for
+every layer at e = 0.9, whatever its width, and 33 at 0.97. Period 10 applies the ratchet ten
+times less often and lets ten SGD steps regrow a direction before it is judged. Measured with
+energy 0.97, period 10: at 40 epochs (wd 1e-4) the ranks settled by epoch 12 at 8–15 (2.09×
+FLOPs); at 60 epochs with wd 5e-4 they settled by epoch 30 at 5–13 (2.66×). From the trained
+dense model (the ImageNet-recipe row) the code's setting cut the ranks to 4–8 within the first
+epoch (4.19×), as the bound says. (Runs stopped early for lack of time are not rows; their
+ranks above come from their logs.)
 """
 
 SFW_EVIDENCE = """
