@@ -182,8 +182,8 @@ def claims(rows: Sequence[BenchRow], results: dict[str, dict[str, Any]]) -> list
         ok = speed >= 2.0 and drop <= PAPER_TRPNU_DROP + 0.5
         text = (f"- {r.label.strip()}: ≥ 2× FLOPs with a drop ≤ {PAPER_TRPNU_DROP + 0.5:.2f}: "
                 f"{'holds' if ok else 'does not hold'} ({speed:.2f}×, −{drop:.2f})")
-        source = r.needs[0] if r.needs else r.name  # a retrain row has its TRP run's MACs
-        matched = next((x for x in rows if x.notes.get("at_macs_of") == source
+        sources = {r.name, *r.needs}  # a retrain row has its TRP run's MACs
+        matched = next((x for x in rows if x.notes.get("at_macs_of") in sources
                         and metrics(x).get("acc") is not None), None)
         decomp = matched or paper_decomp
         if decomp is not None:

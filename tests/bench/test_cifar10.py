@@ -230,6 +230,10 @@ def test_trp_row_is_compared_with_a_decomposition_at_its_own_macs() -> None:
     retrain = next(line for line in lines if "retrain" in line)
     assert "at the same MACs (89.70 at 2.50×): no" in ours
     assert "at the same MACs (89.70 at 2.50×): yes" in retrain
+    results["r20-trpnu-nc-ft"] = {"metrics": {"acc": 85.0, "flops_reference": 100}}
+    results["r20-decomp-nc-ft-at-trpnu-nc-ft"] = {"metrics": {"acc": 86.0, "flops_reference": 100}}
+    tuned = next(line for line in claims(rows, results) if "ImageNet recipe" in line)
+    assert "at the same MACs (86.00 at 4.00×): no" in tuned
 
 
 def test_matched_decomposition_waits_for_its_trp_run(tmp_path: Path) -> None:
