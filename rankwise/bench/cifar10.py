@@ -280,10 +280,14 @@ def commands(rows: Sequence[BenchRow] | None = None,
 
 def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None = None
                      ) -> list[tuple[str, str]]:
-    """`commands()` of the steps not finished yet in `runs_dir`."""
+    """`commands()` of the steps not finished yet in `runs_dir`; a training that was stopped
+    after an epoch (its `checkpoint.pt` exists) continues with `--resume`."""
     rows = suite_rows() if rows is None else rows
     done = {s.out for r in rows for s in r.steps if step_done(s, runs_dir)}
-    return [(n, c) for n, c in commands(rows, runs_dir) if n not in done]
+    started = {n for n in (s.out for r in rows for s in r.steps if s.argv[0] == "train")
+               if (Path(runs_dir) / n / "checkpoint.pt").is_file()}
+    return [(n, c + " --resume" if n in started else c)
+            for n, c in commands(rows, runs_dir) if n not in done]
 
 
 def main(argv: list[str] | None = None) -> int:

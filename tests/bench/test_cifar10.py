@@ -93,6 +93,10 @@ def test_pending_commands_skip_finished_steps(tmp_path: Path) -> None:
     pending = [n for n, _ in pending_commands(tmp_path, rows)]
     assert "r20-dense" not in pending and "r20-trpnu-nc" in pending
     assert all(str(tmp_path) in c for _, c in pending_commands(tmp_path, rows))
+    (tmp_path / "r20-trpnu-nc").mkdir()
+    (tmp_path / "r20-trpnu-nc" / "checkpoint.pt").write_bytes(b"x")
+    cmds = dict(pending_commands(tmp_path, rows))
+    assert cmds["r20-trpnu-nc"].endswith(" --resume") and "--resume" not in cmds["r20-trp-vh"]
 
 
 def test_reference_flops_by_hand() -> None:
