@@ -45,7 +45,8 @@ FORMAT_VERSION = 1
 MAX_INPUT_NUMEL = 1 << 26  # elements of one saved input sample (256 MB as float32)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -120,7 +121,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], arch: str | None = None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS, save(tensors))
     config = model_config(model, arch or base, arch_kwargs, input_shape, meta,
-                          _sha256(out / WEIGHTS), aliases)
+                          file_sha256(out / WEIGHTS), aliases)
     write_config(out, config)
     return out
 
@@ -194,7 +195,7 @@ def _load_tensors(file: Path, expected_sha: str | None) -> dict[str, torch.Tenso
 
     if not file.is_file():
         raise CheckpointError(f"{file} not found; the saved model is incomplete: save it again")
-    if expected_sha is not None and _sha256(file) != expected_sha:
+    if expected_sha is not None and file_sha256(file) != expected_sha:
         raise CheckpointError(f"{file}: checksum does not match model.json; the file is corrupt "
                               "or truncated, or belongs to another save: save the model again")
     try:

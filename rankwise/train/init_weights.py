@@ -10,7 +10,6 @@ cannot seed a dense run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -30,15 +29,6 @@ def init_source(path: str | os.PathLike[str]) -> Path:
     raise CheckpointError(f"--init {p}: expected a directory written by rankwise.save or "
                           "`rankwise train` (model.json + model.safetensors) or a .safetensors "
                           "state dict; pickled .pt files are not read")
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file (recorded in config.json, so a resumed run starts from the same weights)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -64,4 +54,4 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return file
 
 
-__all__ = ["file_digest", "init_source", "load_init_weights"]
+__all__ = ["init_source", "load_init_weights"]

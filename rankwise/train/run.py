@@ -28,7 +28,7 @@ import torch
 from rankwise import options
 from rankwise.errors import ConfigError
 from rankwise.train.config import DataConfig, ModelConfig, TrainConfig, check_device
-from rankwise.train.init_weights import file_digest, init_source, load_init_weights
+from rankwise.train.init_weights import init_source, load_init_weights
 from rankwise.train.logger import dumps
 from rankwise.train.recipes import get_recipe
 from rankwise.train.rundir import RunLock, prepare_run_dir
@@ -140,7 +140,9 @@ def run(config: RunConfig) -> dict[str, Any]:
                               "from scratch and never holds the dense weights; drop --init, or "
                               "decompose the trained model with `rankwise decompose`")
         file = init_source(model_cfg.init)
-        model_meta["init"] = {"path": str(model_cfg.init), "sha256": file_digest(file)}
+        from rankwise.io.model_file import file_sha256
+
+        model_meta["init"] = {"path": str(model_cfg.init), "sha256": file_sha256(file)}
     meta = {"model": model_meta,
             "input_shape": list(train_data.shape), "dataset": spec, "method": method.name,
             "method_config": method_config_dict(method, mcfg), "rankwise_version": _version()}
