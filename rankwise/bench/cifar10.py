@@ -73,7 +73,13 @@ RETRAIN_EPOCHS = 4
 PAPER_SPEEDUP = {"channel": 2.17, "spatial": 2.84}
 """TRP+Nu ResNet-20 FLOPs reductions (README); the decomposition baseline's MACs target."""
 
-TRP_COMMON = ("--method", "trp", "--trp-energy", "0.9", "--trp-period", "1")
+def trp_args(scheme: str, nuclear_weight: str, energy: str = "0.9", period: str = "1"
+             ) -> tuple[str, ...]:
+    """`rankwise train` flags of a TRP row: the code's energy 0.9 and period 1 unless given."""
+    return ("--method", "trp", "--trp-energy", energy, "--trp-period", period, "--trp-scheme",
+            scheme, "--nuclear-weight", nuclear_weight)
+
+
 TRP_OURS = {"energy": "0.97", "period": "10"}
 SFW_SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "spectral-k-support": ("0.1", ("--sfw-k", "0.3", "--sfw-width", "3")),
@@ -179,14 +185,10 @@ def _trp_channel_extras(prefix: str, schedule: str, seed: int, dense: str) -> li
     (TRP while fine-tuning the trained dense model) on CIFAR: energy 0.9, period 1,
     `FINETUNE_EPOCHS` at lr 0.01 cosine, as long as the decomposition's fine-tuning."""
     m = MODELS[prefix]
-    common = (*TRP_COMMON, "--trp-scheme", "channel", "--nuclear-weight", "3e-4")
-    ours = _train(prefix, "trpnu-nc-e97-m10", schedule, seed, *common)
-    argv = list(ours.argv)
-    for key, value in TRP_OURS.items():
-        argv[argv.index(f"--trp-{key}") + 1] = value
-    ours = Step(tuple(argv), ours.out, ours.done)
+    ours = _train(prefix, "trpnu-nc-e97-m10", schedule, seed,
+                  *trp_args("channel", "3e-4", **TRP_OURS))
     tuned = _train(prefix, "trpnu-nc-ft", schedule, seed, "--init", f"{{runs}}/{dense}",
-                   *common, epochs=str(FINETUNE_EPOCHS), lr="0.01")
+                   *trp_args("channel", "3e-4"), epochs=str(FINETUNE_EPOCHS), lr="0.01")
     rt = _retrain(ours.out, seed)
 
     def same_macs(step: Step) -> BenchRow:
@@ -220,8 +222,7 @@ def model_rows(prefix: str, schedule: str = DEFAULT_SCHEDULE, seed: int = 0) -> 
             (step,), needs=(dense.out,), seed=seed))
     for scheme, short in (("channel", "nc"), ("spatial", "vh")):
         for nu, weight in (("trp", "0"), ("trpnu", "3e-4")):
-            step = _train(prefix, f"{nu}-{short}", schedule, seed, *TRP_COMMON, "--trp-scheme",
-                          scheme, "--nuclear-weight", weight)
+            step = _train(prefix, f"{nu}-{short}", schedule, seed, *trp_args(scheme, weight))
             label = f"{'TRP+Nu' if nu == 'trpnu' else 'TRP'} {short.upper()}"
             rows.append(BenchRow(step.out, m, "trp+nu" if nu == "trpnu" else "trp", scheme,
                                  label, "trp", (step,), seed=seed))

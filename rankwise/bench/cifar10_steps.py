@@ -28,31 +28,34 @@ class Step:
 
     def command(self, runs_dir: Path = RUNS_DIR) -> str:
         """The shell command line, with `{runs}` replaced by `runs_dir` and a `{macs:RUN}`
-        placeholder by RUN's MACs after / before (`macs_of`); raises `KeyError` while RUN has
+        placeholder by RUN's MACs after / before (`macs_of`); raises `NotFinished` while RUN has
         not finished."""
-        args = []
-        for a in self.argv:
-            a = a.replace("{runs}", str(runs_dir))
-            m = MACS_PLACEHOLDER.search(a)
-            if m:
-                a = a.replace(m.group(0), f"{macs_of(Path(runs_dir) / m.group(1)):.4f}")
-            args.append(a)
-        return shlex.join(["rankwise", *args])
+        def resolve(m: re.Match[str]) -> str:
+            return f"{macs_of(Path(runs_dir) / m.group(1)):.4f}"
+
+        return shlex.join(["rankwise", *(MACS_PLACEHOLDER.sub(resolve, a)
+                                         for a in self.args_in(runs_dir))])
+
+    def args_in(self, runs_dir: Path) -> list[str]:
+        """`argv` with `{runs}` replaced by `runs_dir` (placeholders left as they are)."""
+        return [a.replace("{runs}", str(runs_dir)) for a in self.argv]
 
     @property
     def waits_for(self) -> str | None:
         """The run whose result the argv needs (a `{macs:RUN}` placeholder), or None."""
-        m = next((MACS_PLACEHOLDER.search(a) for a in self.argv if MACS_PLACEHOLDER.search(a)),
-                 None)
-        return m.group(1) if m else None
+        return next((m.group(1) for a in self.argv if (m := MACS_PLACEHOLDER.search(a))), None)
+
+
+class NotFinished(Exception):
+    """A step needs the result of a run that has not finished yet."""
 
 
 def macs_of(run_dir: Path) -> float:
     """A finished TRP run's model MACs after / before its decomposition (rankwise counting,
-    `trp_report.json`); `KeyError` if the run has not written it yet."""
+    `trp_report.json`); `NotFinished` if the run has not written it yet."""
     path = Path(run_dir) / "trp_report.json"
     if not path.is_file():
-        raise KeyError(f"{path} does not exist yet")
+        raise NotFinished(f"{path} does not exist yet")
     counts = json.loads(path.read_text())["counting"]["rankwise"]
     return counts["macs_after"] / counts["macs_before"]
 
@@ -66,9 +69,9 @@ def command_or_wait(step: Step, runs_dir: Path) -> str:
     """`step.command`, or, while the run it waits for is unfinished, `# after RUN: <argv>`."""
     try:
         return step.command(runs_dir)
-    except KeyError:
-        args = [a.replace("{runs}", str(runs_dir)) for a in step.argv]
-        return f"# after {step.waits_for}: " + shlex.join(["rankwise", *args])
+    except NotFinished:
+        return f"# after {step.waits_for}: " + shlex.join(["rankwise", *step.args_in(runs_dir)])
 
 
-__all__ = ["MACS_PLACEHOLDER", "RUNS_DIR", "Step", "command_or_wait", "macs_of", "step_done"]
+__all__ = ["MACS_PLACEHOLDER", "RUNS_DIR", "NotFinished", "Step", "command_or_wait", "macs_of",
+           "step_done"]
