@@ -31,6 +31,7 @@ from rankwise.cli.decompose_data import (
 )
 from rankwise.cli.profile import add_model_arg, default_shape, model_kwargs, parse_shape
 from rankwise.errors import CheckpointError, ConfigError
+from rankwise.io.state_file import load_state_file
 
 
 @dataclass
@@ -83,7 +84,8 @@ def load_source(args: argparse.Namespace) -> Source:
                           dataset if isinstance(dataset, dict) else None)
         if ckpt.suffix == ".safetensors" and ckpt.is_file():
             model = _create(args.model, kw)
-            _load_state(model, ckpt)
+            load_state_file(model, ckpt, "pass the --model (and --model-arg, --num-classes) the "
+                            "weights were trained with")
             return Source(model, args.model, kw, None, str(ckpt))
         raise CheckpointError(f"{ckpt}: expected a directory saved by rankwise.save or a "
                               ".safetensors state dict (pickled .pt files are not read)")
@@ -152,19 +154,6 @@ def rank_of(args: argparse.Namespace) -> str:
     if args.target_latency <= 0:
         raise ConfigError(f"--target-latency {args.target_latency}: pass milliseconds > 0")
     return f"budget:latency_ms={args.target_latency:g},precision={args.latency_precision}"
-
-
-def _load_state(model: nn.Module, file: Path) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(file))
-    except Exception as e:
-        raise CheckpointError(f"{file} is not a valid safetensors file ({e})") from e
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{file} does not match --model: missing {result.missing_keys[:3]}, "
-                              f"unexpected {result.unexpected_keys[:3]}; pass the right --model")
 
 
 def after_decompose(args: argparse.Namespace, model: nn.Module, report: Any,

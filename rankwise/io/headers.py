@@ -35,20 +35,35 @@ def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
                               "truncated: save the model again") from e
 
 
+def _more(n: int) -> str:
+    return f" (+{n} more)" if n else ""
+
+
+def state_mismatch(expected: dict[str, tuple[int, ...]],
+                   found: dict[str, tuple[int, ...]]) -> str:
+    """'' if `found` holds exactly the keys and shapes of `expected`; else the first missing key,
+    the first unexpected key and the first shape mismatch, each with how many more there are."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shape = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"missing key {missing[0]!r}{_more(len(missing) - 1)}")
+    if extra:
+        parts.append(f"unexpected key {extra[0]!r}{_more(len(extra) - 1)}")
+    if shape:
+        k = shape[0]
+        parts.append(f"tensor {k!r} has shape {tuple(found[k])} in the file, the model expects "
+                     f"{tuple(expected[k])}{_more(len(shape) - 1)}")
+    return "; ".join(parts)
+
+
 def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
                  file: Path) -> None:
-    """`CheckpointError` naming the first missing/unexpected key or shape mismatch between the
+    """`CheckpointError` naming the first missing/unexpected key and shape mismatch between the
     architecture's state dict (`expected`) and what `file` holds (`found`)."""
-    for kind, keys in (("missing", [k for k in expected if k not in found]),
-                       ("unexpected", [k for k in found if k not in expected])):
-        if keys:
-            more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
-            raise CheckpointError(f"{file}: {kind} key {keys[0]!r}{more}; the saved model does "
-                                  "not match the architecture (check arch/arch_kwargs or the "
-                                  "model= you passed)")
-    for k, shape in expected.items():
-        if tuple(found[k]) != tuple(shape):
-            raise CheckpointError(f"{file}: tensor {k!r} has shape {tuple(found[k])}, the "
-                                  f"model expects {tuple(shape)}; the architecture does not "
-                                  "match the saved model (model.json was edited or belongs to "
-                                  "another save)")
+    problem = state_mismatch(expected, found)
+    if problem:
+        raise CheckpointError(f"{file}: {problem}; the saved model does not match the "
+                              "architecture (model.json was edited or belongs to another save, "
+                              "or the model= you passed differs)")

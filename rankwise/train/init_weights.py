@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from rankwise.errors import CheckpointError
+from rankwise.io.state_file import load_state_file
 
 
 def init_source(path: str | os.PathLike[str]) -> Path:
@@ -33,24 +34,11 @@ def init_source(path: str | os.PathLike[str]) -> Path:
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Copy the weights named by `--init path` into `model` (every parameter and buffer, strict);
-    returns the file read. A missing, extra or differently shaped tensor raises
+    returns the file read. A corrupt file or a missing, extra or differently shaped tensor raises
     `CheckpointError` naming the first few."""
-    from safetensors.torch import load_file
-
     file = init_source(path)
-    tensors = load_file(str(file), device="cpu")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    extra = sorted(set(tensors) - set(own))
-    shape = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
-    if missing or extra or shape:
-        parts = [f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", extra),
-                                     ("shape differs for", shape)) if keys]
-        raise CheckpointError(f"--init {file}: its weights do not fit the model ("
-                              + "; ".join(parts) + "); pass a trained model of the same zoo "
-                              "architecture, width and number of classes (dense, not factorized)")
-    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own}, strict=True)
+    load_state_file(model, file, "pass a trained model of the same zoo architecture, width and "
+                    "number of classes (dense, not factorized)")
     return file
 
 

@@ -85,6 +85,14 @@ def test_decompose_from_checkpoint_dir_and_safetensors(tmp_path, zoo, capsys):
     save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["decompose", "--model", "tiny", "--checkpoint", str(tmp_path / "w.safetensors"),
                  "--out", str(tmp_path / "dec2"), "--json"]) == 0
+    capsys.readouterr()
+    save_file({k: v[:1] if v.dim() else v for k, v in trained.state_dict().items()},
+              str(tmp_path / "v.safetensors"))
+    assert main(["decompose", "--model", "tiny", "--checkpoint", str(tmp_path / "v.safetensors"),
+                 "--out", str(tmp_path / "dec3")]) == 2  # shapes differ: one line, not a trace
+    err = capsys.readouterr().err
+    assert "v.safetensors" in err and "has shape" in err and "--model" in err
+    assert "Traceback" not in err and not (tmp_path / "dec3").exists()
 
 
 def test_cli_errors_exit_2(tmp_path, zoo, capsys):
