@@ -11,14 +11,16 @@ UTC) and `collected` (now), `schedule` (epochs / schedule / lr from config.json)
   `macs` (per sample, rankwise counting: every conv/linear, FC included, `analysis.profile`),
   `flops_reference` (the TRP code's counting: every `nn.Conv2d` — inside factorized layers
   too — `weight.numel() × output pixels`, FC excluded; `reference_flops`), `latency_ms` and
-  `latency_bf16_ms` (batch 1, median, fp32 and under bf16 autocast, the collecting machine's
-  threads) with `dense_latency_ms` / `dense_latency_bf16_ms`, the same model and schedule's
-  dense run timed in the same interleaved blocks (`latency_vs_dense`), unless `latency=False`;
+  `latency_bf16_ms` (batch 1, median, deployed in fp32 and in bf16 with BN folded, the
+  collecting machine's threads) with `dense_latency_ms` / `dense_latency_bf16_ms`, the same
+  model and schedule's dense run timed in the same interleaved blocks (`latency_vs_dense`),
+  unless `latency=False`;
 - sweep rows: `sweep`, one `{ratio, acc, params, macs}` per ratio, from the step's sweep.json;
 - compress rows: `stages` (stage, acc, params, bytes stored) and `bytes` of the last stage.
 
-A file whose `source` fingerprint (marker file path + mtime + size) is unchanged is not
-rewritten, so re-collecting keeps committed files byte-identical.
+A file whose `source` fingerprint (marker file path + mtime + size) and `metrics_version`
+are unchanged is not rewritten, so re-collecting keeps committed files byte-identical; bumping
+`METRICS_VERSION` (when a metric's definition changes) re-collects every row.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from rankwise.bench.cifar10 import (
 from rankwise.errors import ConfigError
 
 MODEL_POSTS = {"model": "", "elrt": "", "trp": "factorized", "decompose": ""}
+METRICS_VERSION = 2  # 2: latency of the deployed models (BN folded, bf16 weights)
 
 
 @torch.no_grad()
@@ -125,30 +128,21 @@ def _test_data(config: dict[str, Any]) -> Any:
     return data.subset(slice(0, int(limit))) if limit else data
 
 
-class _Bf16(nn.Module):
-    """`model` called under CPU bf16 autocast (a module, for `interleaved_latency`)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.model(x)
-
-
 def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[int],
                      min_run_time: float = 0.2, rounds: int = 3) -> dict[str, float]:
-    """Batch-1 median latency (ms) of `model` and of `dense` on zeros `(1, *input_shape)`, fp32
-    and under bf16 autocast, each pair timed in alternating ABBA blocks
+    """Batch-1 median latency (ms) of `model` and of `dense` on zeros `(1, *input_shape)`, each
+    deployed as users run it (`io.export_precision.to_deploy`: BN folded, channels_last, weights
+    in fp32 and then in bf16), each pair timed in alternating ABBA blocks
     (`speed_timing.interleaved_latency`) so that load from other processes hits both alike:
     `dense_latency_ms / latency_ms` is the speedup the table shows."""
     from rankwise.bench.speed_timing import interleaved_latency
+    from rankwise.io.export_precision import to_deploy
 
     x = torch.zeros(1, *[int(v) for v in input_shape])
     out: dict[str, float] = {"latency_threads": torch.get_num_threads()}
-    for suffix, wrap in (("", lambda m: m), ("_bf16", _Bf16)):
-        d, m = interleaved_latency([wrap(dense), wrap(model)], [x, x], min_run_time, rounds)
+    for suffix, precision in (("", "fp32"), ("_bf16", "bf16")):
+        d, m = interleaved_latency([to_deploy(dense, precision), to_deploy(model, precision)],
+                                   [x, x], min_run_time, rounds)
         out[f"latency{suffix}_ms"] = m["median_ms"]
         out[f"dense_latency{suffix}_ms"] = d["median_ms"]
     return out
@@ -246,7 +240,7 @@ def result_record(runs_dir: Path, row: BenchRow, dense_dir: Path | None = None
         "collected": env["date"], "torch": env["torch"],
         "schedule": {k: train.get(k) for k in ("epochs", "schedule", "lr", "milestones",
                                                "weight_decay", "batch_size", "precision")},
-        "source": _fingerprint(runs_dir, row),
+        "source": _fingerprint(runs_dir, row), "metrics_version": METRICS_VERSION,
         "metrics": _finite(row_metrics(runs_dir, row, config, dense_dir)),
     }
 
@@ -281,7 +275,8 @@ def collect(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
                 old = json.loads(path.read_text())
             except json.JSONDecodeError:
                 old = {}
-            if old.get("source") == _fingerprint(runs_dir, row):
+            if (old.get("source") == _fingerprint(runs_dir, row)
+                    and old.get("metrics_version") == METRICS_VERSION):
                 continue
         results_dir.mkdir(parents=True, exist_ok=True)
         dense = dense_of.get((row.model, schedule_of(row), row.seed)) if latency else None

@@ -33,9 +33,10 @@ the TRP reference code's "ResNet-56" uses Bottleneck blocks, so its ResNet-56 nu
 for reference only (†). Paper: TRP README (Xu et al. 2020). Δ = accuracy − dense accuracy of
 the same source (ours against our dense row, the paper's against its own baseline). MACs ×:
 rankwise counting (every conv and linear, per sample); FLOPs ×: the TRP code's counting (convs
-only, FC excluded). Latency ×: dense time ÷ this row's time at batch 1, fp32 / under bf16
-autocast, the two models timed in alternating blocks in one process (threads: the result file's
-`latency_threads`; > 1× = faster than our dense model in the same precision). Size: stored
+only, FC excluded). Latency ×: dense time ÷ this row's time at batch 1, both deployed
+(`to_deploy`: BN folded, channels-last) with fp32 / bf16 weights, the two models timed in
+alternating blocks in one process (threads: the result file's `latency_threads`; > 1× = faster
+than our dense model in the same precision). Size: stored
 bytes (fp32 weights, or the pipeline's entropy-coded file).
 """
 

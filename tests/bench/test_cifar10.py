@@ -181,6 +181,11 @@ def test_collect_writes_finished_rows_and_section_lists_pending(tmp_path: Path) 
     os.utime(marker, (marker.stat().st_atime, marker.stat().st_mtime + 10))
     assert [p.name for p in collect(runs, results / "cifar10", rows=rows, latency=False)] == [
         "r20-pipeline.json"]
+    # a file collected under an older definition of the metrics is collected again
+    old = results / "cifar10" / "r20-dense.json"
+    old.write_text(json.dumps({**json.loads(old.read_text()), "metrics_version": 1}))
+    assert [p.name for p in collect(runs, results / "cifar10", rows=rows, latency=False)] == [
+        "r20-dense.json"]
 
     md = section(results, rows=rows)
     pending = next(line for line in md.splitlines() if line.startswith("| TRP+Nu NC"))
