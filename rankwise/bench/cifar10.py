@@ -178,6 +178,15 @@ def _sweep(run: str) -> Step:
                 "sweep.json")
 
 
+def _same_macs(prefix: str, schedule: str, seed: int, dense: str, step: Step) -> BenchRow:
+    """Channel decomposition of the dense run at exactly the MACs the TRP run `step` ended
+    with, fine-tuned `FINETUNE_EPOCHS`: the equal-FLOPs baseline a TRP row is judged against."""
+    d = _decompose(prefix, "channel", schedule, seed, at=step.out)
+    return BenchRow(d.out, MODELS[prefix], "decompose+ft", "channel", "  decompose NC + "
+                    f"fine-tune {FINETUNE_EPOCHS} ep at the same MACs", "decompose", (d,),
+                    needs=(dense, step.out), seed=seed, notes={"at_macs_of": step.out})
+
+
 def _trp_channel_extras(prefix: str, schedule: str, seed: int, dense: str) -> list[BenchRow]:
     """TRP+Nu NC beyond the paper's CIFAR setting, each followed by a channel decomposition of
     the dense run at exactly the MACs it ended with (the equal-FLOPs baseline): energy 0.97 /
@@ -192,10 +201,7 @@ def _trp_channel_extras(prefix: str, schedule: str, seed: int, dense: str) -> li
     rt = _retrain(ours.out, seed)
 
     def same_macs(step: Step) -> BenchRow:
-        d = _decompose(prefix, "channel", schedule, seed, at=step.out)
-        return BenchRow(d.out, m, "decompose+ft", "channel", f"  decompose NC + fine-tune "
-                        f"{FINETUNE_EPOCHS} ep at the same MACs", "decompose", (d,),
-                        needs=(dense, step.out), seed=seed, notes={"at_macs_of": step.out})
+        return _same_macs(prefix, schedule, seed, dense, step)
 
     rows = [BenchRow(ours.out, m, "trp+nu", "channel", f"TRP+Nu NC, energy {TRP_OURS['energy']}"
                      f", period {TRP_OURS['period']} (ours)", "trp", (ours,), seed=seed),
@@ -226,6 +232,8 @@ def model_rows(prefix: str, schedule: str = DEFAULT_SCHEDULE, seed: int = 0) -> 
             label = f"{'TRP+Nu' if nu == 'trpnu' else 'TRP'} {short.upper()}"
             rows.append(BenchRow(step.out, m, "trp+nu" if nu == "trpnu" else "trp", scheme,
                                  label, "trp", (step,), seed=seed))
+            if (scheme, nu) == ("channel", "trpnu"):
+                rows.append(_same_macs(prefix, schedule, seed, dense.out, step))
         if scheme == "channel":
             rows += _trp_channel_extras(prefix, schedule, seed, dense.out)
     sweep = _sweep(dense.out)

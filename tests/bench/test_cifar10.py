@@ -218,6 +218,10 @@ def test_claims_are_read_off_the_results() -> None:
     assert "curve above SGD's: holds from 0.5 on (above at 0.5; below at 0)" in text
     results["r20-trpnu-nc"]["metrics"]["acc"] = 88.0
     assert "does not hold (2.13×, −3.00)" in "\n".join(claims(rows, results))
+    matched = next(r for r in rows if r.notes.get("at_macs_of") == "r20-trpnu-nc")
+    results[matched.name] = {"metrics": {"acc": 87.5, "flops_reference": 188}}
+    plain = next(line for line in claims(rows, results) if line.startswith("- TRP+Nu NC:"))
+    assert "at the same MACs (87.50 at 2.13×): yes" in plain
 
 
 def test_trp_row_is_compared_with_a_decomposition_at_its_own_macs() -> None:
