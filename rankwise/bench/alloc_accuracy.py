@@ -35,7 +35,7 @@ from torch import nn
 
 from rankwise.bench.benchmarks_md import register_section
 from rankwise.bench.harness import environment, write_json_atomic
-from rankwise.bench.speed_alloc import _time, match_measured_time, summarize
+from rankwise.bench.speed_alloc import deployed_ms, match_measured_time, summarize
 from rankwise.io.model_file import load
 from rankwise.surgery.decompose import decompose
 from rankwise.surgery.latency_budget import LatencyBudget
@@ -62,7 +62,7 @@ def match_latency(dense: nn.Module, macs_model: nn.Module, shape: tuple[int, ...
     after at most one correction); returns `(budget, model, report, [dense, macs, latency]
     ms)`. `measure=False`: the allocator uses the analytic table (tests)."""
     x = torch.randn((batch, *shape))
-    t = _time([dense, macs_model], x, [precision] * 2, rounds, 1)
+    t = deployed_ms([dense, macs_model], x, [precision] * 2, rounds, 1)
 
     def build(ratio: float) -> tuple[nn.Module, tuple[LatencyBudget, Any]]:
         policy = LatencyBudget(ratio=ratio, precision=precision, batch=batch, threads=1,

@@ -87,8 +87,10 @@ def _timed(model: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], ob
     return run
 
 
-def _time(models: list[nn.Module], x: torch.Tensor, precisions: list[str], rounds: int,
-          threads: int) -> list[float]:
+def deployed_ms(models: list[nn.Module], x: torch.Tensor, precisions: list[str], rounds: int,
+                threads: int) -> list[float]:
+    """Median ms per call of each model deployed in its precision (`to_deploy`), the models
+    timed in one interleaved run on input `x` with `threads` threads."""
     fns = [_timed(m, x, p) for m, p in zip(models, precisions, strict=True)]
     return interleaved_ms(fns, rounds=rounds, block_s=0.02, clock=clock_for(threads))
 
@@ -103,7 +105,7 @@ def match_measured_time(dense: nn.Module, target: nn.Module, x: torch.Tensor, pr
     rebuilt. Returns `(corrected ratio, last build(...), [dense, target, built] ms)`."""
     for _ in range(2):
         built = build(ratio)
-        t = _time([dense, target, built[0]], x, [precision] * 3, rounds, threads)
+        t = deployed_ms([dense, target, built[0]], x, [precision] * 3, rounds, threads)
         if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
             break
         ratio = min(1.0, ratio * t[1] / t[2])
@@ -163,7 +165,7 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         models.append(lat)
         ref = [dense] if prec == "bf16" else []  # the same dense model, timed in fp32
         precs = [prec] * (1 + len(models)) + ["fp32"] * len(ref)
-        ms = _time([dense, *models, *ref], x, precs, int(p["rounds"]), threads)
+        ms = deployed_ms([dense, *models, *ref], x, precs, int(p["rounds"]), threads)
         dense_ms = ms[0]
         for v, t in zip(variants, ms[1:1 + len(models)], strict=True):
             v.update(ms=t, speedup=dense_ms / t)
@@ -206,4 +208,5 @@ def write_alloc_results(results_dir: Path, records: list[dict[str, Any]], comman
 
 
 __all__ = ["ALLOC_MODELS", "ALLOC_PRECISIONS", "ALLOC_THREADS", "MACS_FORMATS", "alloc_cells",
-           "match_measured_time", "run_alloc_cell", "summarize", "write_alloc_results"]
+           "deployed_ms", "match_measured_time", "run_alloc_cell", "summarize",
+           "write_alloc_results"]
