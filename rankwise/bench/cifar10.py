@@ -44,7 +44,6 @@ Rows per model (prefix r20 / r56), settings of the papers unless marked ours:
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,43 +298,6 @@ def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None 
             for n, c in commands(rows, runs_dir) if n not in done]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rankwise.bench.cifar10 {commands,pending,collect,section}`."""
-    p = argparse.ArgumentParser(prog="python -m rankwise.bench.cifar10",
-                                description="CIFAR-10 suite: commands, collect, section")
-    p.add_argument("action", choices=("commands", "pending", "collect", "section"))
-    p.add_argument("--runs", type=Path, default=RUNS_DIR)
-    p.add_argument("--results", type=Path, default=RESULTS_DIR.parent,
-                   help="results root (files go to RESULTS/cifar10/)")
-    p.add_argument("--models", default="r20,r56", help="model prefixes, comma-separated")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=DEFAULT_SCHEDULE)
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--no-latency", action="store_true", help="collect without timing")
-    a = p.parse_args(argv)
-    rows = suite_rows(tuple(a.models.split(",")), a.schedule,
-                      tuple(int(s) for s in a.seeds.split(",")))
-    if a.action in ("commands", "pending"):
-        listed = commands(rows, a.runs) if a.action == "commands" else \
-            pending_commands(a.runs, rows)
-        for _, cmd in listed:
-            print(cmd)
-        return 0
-    if a.action == "collect":
-        from rankwise.bench.cifar10_collect import collect
-
-        for path in collect(a.runs, a.results / SUITE, rows=rows, latency=not a.no_latency):
-            print(path)
-        return 0
-    from rankwise.bench.cifar10_report import section
-
-    default = (a.models, a.schedule, a.seeds) == ("r20,r56", DEFAULT_SCHEDULE, "0")
-    print(section(a.results, rows=None if default else rows))
-    return 0
-
-
 __all__ = ["BenchRow", "DEFAULT_SCHEDULE", "LEGACY_SCHEDULE", "MODELS", "RESULTS_DIR",
            "RUNS_DIR", "SCHEDULES", "SFW_SETTINGS", "Step", "commands", "model_rows",
            "pending_commands", "schedule_of", "step_done", "suite_rows"]
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -112,8 +112,9 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
             f"{_latency(m)} | {_f(None if size is None else size / 1024, '.1f')} | "
             f"{sched_text} |")
     if any(r.name not in results for r in rows):
-        lines += ["", "Pending rows: their commands are printed by "
-                  "`rankwise bench cifar10 --action pending`."]
+        lines += ["", "Pending rows: their commands are printed by `rankwise bench cifar10 "
+                  f"--action pending --models {rows[0].name.split('-')[0]} --schedule "
+                  f"{schedule_of(rows[0])}`."]
     return lines
 
 
@@ -147,8 +148,8 @@ def provenance(results: dict[str, dict[str, Any]]) -> list[str]:
     dates = sorted(str(r.get("date")) for r in results.values())
     return ["", f"Results: {len(results)} files under `results/{SUITE}/` (commits "
             f"{', '.join(commits)}; machines {', '.join(machines)}; runs finished "
-            f"{dates[0]} – {dates[-1]}). Regenerate: `python -m rankwise.bench.cifar10 collect` "
-            "then `rankwise bench report`."]
+            f"{dates[0]} – {dates[-1]}). Regenerate: `rankwise bench cifar10 --action "
+            "collect --schedule S` for each schedule above, then `rankwise bench report`."]
 
 
 PAPER_DENSE = 91.74

@@ -97,6 +97,42 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cifar10(args: argparse.Namespace) -> int:
+    """`rankwise bench cifar10 --action pending|commands|collect|section`: the suite's run
+    commands (all, or those not finished under `--out`, default runs/cifar10), result files
+    from the finished runs (`RESULTS/cifar10/`), or the BENCHMARKS.md section."""
+    from rankwise.bench.cifar10 import (
+        DEFAULT_SCHEDULE,
+        RUNS_DIR,
+        SCHEDULES,
+        SUITE,
+        commands,
+        pending_commands,
+        suite_rows,
+    )
+
+    if args.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {args.schedule!r}: expected one of {sorted(SCHEDULES)}")
+    runs, results = Path(args.out or RUNS_DIR), Path(args.results)
+    default = args.models is None and args.schedule is None and args.seeds is None
+    rows = suite_rows(tuple((args.models or "r20,r56").split(",")),
+                      args.schedule or DEFAULT_SCHEDULE, _seeds(args.seeds or "0"))
+    if args.action in ("commands", "pending"):
+        listed = commands(rows, runs) if args.action == "commands" else \
+            pending_commands(runs, rows)
+        print("\n".join(cmd for _, cmd in listed))
+    elif args.action == "collect":
+        from rankwise.bench.cifar10_collect import collect
+
+        for path in collect(runs, results / SUITE, rows=rows, latency=not args.no_latency):
+            print(path)
+    else:
+        from rankwise.bench.cifar10_report import section
+
+        print(section(results, rows=None if default else rows))
+    return 0
+
+
 def bench_command(args: argparse.Namespace) -> int:
     if args.compare:
         from rankwise.bench.papers import compare_markdown
@@ -116,9 +152,7 @@ def bench_command(args: argparse.Namespace) -> int:
         raise ConfigError("rankwise bench: give a SUITE (quick, cifar10, speed, elrt-formats, "
                           "regularizers, report) or --compare PAPER")
     if args.suite == "cifar10":
-        from rankwise.bench import cifar10
-
-        return cifar10.main([args.action, "--results", args.results])
+        return _cifar10(args)
     if args.suite == "report":
         return _report(args)
     if args.suite == "speed":
@@ -143,8 +177,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("suite", nargs="?",
                    choices=("quick", "cifar10", "speed", "elrt-formats", "regularizers",
                             "report"))
-    p.add_argument("--out", default=None, help="run directory (default runs/bench-SUITE); "
-                                               "for `report`: the file (default BENCHMARKS.md)")
+    p.add_argument("--out", default=None, help="run directory (default runs/bench-SUITE, "
+                   "cifar10: runs/cifar10); for `report`: the file (default BENCHMARKS.md)")
     p.add_argument("--results", default="results",
                    help="report: folder of committed result JSONs (results/<suite>/)")
     p.add_argument("--save-results", nargs="?", const="", default=None, metavar="DIR",
@@ -168,6 +202,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--action", choices=("pending", "commands", "collect", "section"),
                    default="section", help="cifar10: list the pending or all run commands, "
                    "collect finished runs into RESULTS/cifar10, or print the table (default)")
+    p.add_argument("--models", default=None,
+                   help="cifar10: model prefixes, comma-separated (default r20,r56)")
+    p.add_argument("--schedule", default=None,
+                   help="cifar10: cpu60 (default), cpu40 or paper")
+    p.add_argument("--no-latency", action="store_true", help="cifar10 collect: no timing")
     p.add_argument("--kinds", default=None,
                    help="speed: comma-separated parts (layer, model, decomp, alloc)")
     p.add_argument("--match", default=None, metavar="GLOB", help="speed: only cells matching")

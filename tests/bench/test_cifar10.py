@@ -279,3 +279,19 @@ def test_latency_is_timed_against_the_dense_model_and_shown_as_a_ratio() -> None
                "dense_latency_ms": 2.0, "latency_bf16_ms": 4.0, "dense_latency_bf16_ms": 3.0}
     lines = model_table("resnet20", rows, {"r20-dense": {"metrics": metrics}})
     assert "| 2.00 / 0.75 |" in next(line for line in lines if line.startswith("| dense"))
+
+
+def test_cli_lists_pending_runs_of_one_schedule_and_refuses_an_unknown_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rankwise.cli import main
+
+    (tmp_path / "r20-dense-cpu60").mkdir()
+    (tmp_path / "r20-dense-cpu60" / "checkpoint.pt").write_bytes(b"")
+    assert main(["bench", "cifar10", "--action", "pending", "--models", "r20", "--schedule",
+                 "cpu60", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    dense = next(line for line in lines if "--out " + str(tmp_path / "r20-dense-cpu60") in line)
+    assert dense.endswith(" --resume")  # stopped after an epoch: continues
+    assert not any("r56-" in line or "--epochs 40 " in line for line in lines)
+    assert main(["bench", "cifar10", "--action", "pending", "--schedule", "cpu50"]) == 2
+    assert "--schedule 'cpu50'" in capsys.readouterr().err
