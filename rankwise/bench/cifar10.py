@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankwise.bench.cifar10_steps import RUNS_DIR, Step, command_or_wait, step_done
+from rankwise.bench.cifar10_steps import RUNS_DIR, Step, command_or_wait, resumes, step_done
 
 SUITE = "cifar10"
 RESULTS_DIR = Path("results/cifar10")
@@ -292,8 +292,7 @@ def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None 
     after an epoch (its `checkpoint.pt` exists) continues with `--resume`."""
     rows = suite_rows() if rows is None else rows
     done = {s.out for r in rows for s in r.steps if step_done(s, runs_dir)}
-    started = {n for n in (s.out for r in rows for s in r.steps if s.argv[0] == "train")
-               if (Path(runs_dir) / n / "checkpoint.pt").is_file()}
+    started = {s.out for r in rows for s in r.steps if resumes(s, runs_dir)}
     return [(n, c + " --resume" if n in started else c)
             for n, c in commands(rows, runs_dir) if n not in done]
 

@@ -27,14 +27,16 @@ class Step:
     done: str
 
     def command(self, runs_dir: Path = RUNS_DIR) -> str:
-        """The shell command line, with `{runs}` replaced by `runs_dir` and a `{macs:RUN}`
-        placeholder by RUN's MACs after / before (`macs_of`); raises `NotFinished` while RUN has
-        not finished."""
+        """The shell command line of `resolved(runs_dir)`."""
+        return shlex.join(["rankwise", *self.resolved(runs_dir)])
+
+    def resolved(self, runs_dir: Path = RUNS_DIR) -> list[str]:
+        """`argv` with `{runs}` replaced by `runs_dir` and a `{macs:RUN}` placeholder by RUN's
+        MACs after / before (`macs_of`); raises `NotFinished` while RUN has not finished."""
         def resolve(m: re.Match[str]) -> str:
             return f"{macs_of(Path(runs_dir) / m.group(1)):.4f}"
 
-        return shlex.join(["rankwise", *(MACS_PLACEHOLDER.sub(resolve, a)
-                                         for a in self.args_in(runs_dir))])
+        return [MACS_PLACEHOLDER.sub(resolve, a) for a in self.args_in(runs_dir)]
 
     def args_in(self, runs_dir: Path) -> list[str]:
         """`argv` with `{runs}` replaced by `runs_dir` (placeholders left as they are)."""
@@ -65,6 +67,12 @@ def step_done(step: Step, runs_dir: Path = RUNS_DIR) -> bool:
     return (Path(runs_dir) / step.out / step.done).is_file()
 
 
+def resumes(step: Step, runs_dir: Path = RUNS_DIR) -> bool:
+    """Whether `step` is a training stopped after an epoch (its `checkpoint.pt` exists): it
+    continues with `--resume`."""
+    return step.argv[0] == "train" and (Path(runs_dir) / step.out / "checkpoint.pt").is_file()
+
+
 def command_or_wait(step: Step, runs_dir: Path) -> str:
     """`step.command`, or, while the run it waits for is unfinished, `# after RUN: <argv>`."""
     try:
@@ -74,4 +82,4 @@ def command_or_wait(step: Step, runs_dir: Path) -> str:
 
 
 __all__ = ["MACS_PLACEHOLDER", "RUNS_DIR", "NotFinished", "Step", "command_or_wait", "macs_of",
-           "step_done"]
+           "resumes", "step_done"]

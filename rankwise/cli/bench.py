@@ -98,9 +98,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _cifar10(args: argparse.Namespace) -> int:
-    """`rankwise bench cifar10 --action pending|commands|collect|section`: the suite's run
-    commands (all, or those not finished under `--out`, default runs/cifar10), result files
-    from the finished runs (`RESULTS/cifar10/`), or the BENCHMARKS.md section."""
+    """`rankwise bench cifar10 --action pending|commands|run|collect|section`: the suite's run
+    commands (all, or those not finished under `--out`, default runs/cifar10), a queue running
+    the unfinished ones (`bench.cifar10_queue`), result files from the finished runs
+    (`RESULTS/cifar10/`), or the BENCHMARKS.md section."""
     from rankwise.bench.cifar10 import (
         DEFAULT_SCHEDULE,
         RUNS_DIR,
@@ -111,12 +112,19 @@ def _cifar10(args: argparse.Namespace) -> int:
         suite_rows,
     )
 
-    if args.schedule not in SCHEDULES:
+    if args.schedule is not None and args.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule {args.schedule!r}: expected one of {sorted(SCHEDULES)}")
     runs, results = Path(args.out or RUNS_DIR), Path(args.results)
     default = args.models is None and args.schedule is None and args.seeds is None
     rows = suite_rows(tuple((args.models or "r20,r56").split(",")),
                       args.schedule or DEFAULT_SCHEDULE, _seeds(args.seeds or "0"))
+    if args.action == "run":
+        from rankwise.bench.cifar10_queue import run_queue
+
+        failed = {n: rc for n, rc in run_queue(rows, runs).items() if rc != 0}
+        for name, rc in failed.items():
+            print(f"{name}: failed (exit {rc})", file=sys.stderr)
+        return 1 if failed else 0
     if args.action in ("commands", "pending"):
         listed = commands(rows, runs) if args.action == "commands" else \
             pending_commands(runs, rows)
@@ -199,8 +207,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reduced", action="store_true",
                    help="speed: ImageNet models at 112x112, shorter timing, CP timed on layer1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--action", choices=("pending", "commands", "collect", "section"),
-                   default="section", help="cifar10: list the pending or all run commands, "
+    p.add_argument("--action", choices=("pending", "commands", "run", "collect", "section"),
+                   default="section", help="cifar10: list the pending or all run commands, run "
+                   "the pending ones one after another (one queue per core: `taskset -c N`), "
                    "collect finished runs into RESULTS/cifar10, or print the table (default)")
     p.add_argument("--models", default=None,
                    help="cifar10: model prefixes, comma-separated (default r20,r56)")
