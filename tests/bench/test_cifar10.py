@@ -295,3 +295,11 @@ def test_cli_lists_pending_runs_of_one_schedule_and_refuses_an_unknown_one(
     assert not any("r56-" in line or "--epochs 40 " in line for line in lines)
     assert main(["bench", "cifar10", "--action", "pending", "--schedule", "cpu50"]) == 2
     assert "--schedule 'cpu50'" in capsys.readouterr().err
+
+
+def test_resnet56_runs_the_issue_rows_and_the_equal_macs_baseline_only() -> None:
+    r56 = {r.name for r in suite_rows(("r56",), schedule="cpu60")}
+    assert "r56-decomp-nc-ft-at-trpnu-nc-cpu60" in r56 and "r56-trpnu-vh-cpu60" in r56
+    assert not any("e97" in n or "trpnu-nc-ft" in n for n in r56)
+    r20 = {r.name for r in suite_rows(("r20",), schedule="cpu60")}
+    assert "r20-trpnu-nc-e97-m10-cpu60" in r20 and "r20-trpnu-nc-ft-cpu60" in r20
