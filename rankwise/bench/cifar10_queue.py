@@ -12,6 +12,7 @@ not retried by the same queue, which goes on with the others.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +30,11 @@ class Ready:
 
     step: Step
     argv: tuple[str, ...]
+
+
+def _argv(step: Step, runs_dir: Path) -> tuple[str, ...]:
+    resume = ("--resume",) if resumes(step, runs_dir) else ()
+    return (*step.resolved(runs_dir), *resume)
 
 
 def runnable(rows: Sequence[BenchRow], runs_dir: Path) -> list[Ready]:
@@ -52,11 +58,9 @@ def runnable(rows: Sequence[BenchRow], runs_dir: Path) -> list[Ready]:
             if not all(finished(n) for n in inputs if n != step.out):
                 continue
             try:
-                argv = tuple(step.resolved(runs_dir))
+                ready[step.out] = Ready(step, _argv(step, runs_dir))
             except NotFinished:
                 continue
-            ready[step.out] = Ready(step, argv + (("--resume",) if resumes(step, runs_dir)
-                                                   else ()))
     return sorted(ready.values(), key=lambda r: r.step.argv[0] != "train")
 
 
@@ -87,8 +91,9 @@ def run_queue(rows: Sequence[BenchRow], runs_dir: Path,
             try:
                 if step_done(ready.step, runs_dir):  # finished while we looked
                     continue
-                log("rankwise " + " ".join(ready.argv))
-                ran[ready.step.out] = execute(ready.argv)
+                argv = _argv(ready.step, runs_dir)  # another queue may have stopped it since
+                log(shlex.join(["rankwise", *argv]))
+                ran[ready.step.out] = execute(argv)
                 log(f"{ready.step.out}: exit {ran[ready.step.out]}")
             finally:
                 claim.release()
