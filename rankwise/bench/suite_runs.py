@@ -22,10 +22,11 @@ def run_config(cfg: Any, p: dict[str, Any], method: str, runs: Path,
     from rankwise.train.run import RunConfig
 
     key = key or method
-    train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                        schedule=cfg.schedule, milestones=list(cfg.milestones), seed=p["seed"],
-                        quiet=True, device="cpu", num_threads=cfg.threads,
-                        **{**cfg.train_options, **cfg.method_train.get(key, {})})
+    fields = {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+              "schedule": cfg.schedule, "milestones": list(cfg.milestones), "seed": p["seed"],
+              "quiet": True, "device": "cpu", "num_threads": cfg.threads}
+    # the suite's training options, then the method's (which may also override lr, epochs, ...)
+    train = TrainConfig(**{**fields, **cfg.train_options, **cfg.method_train.get(key, {})})
     data = DataConfig(cfg.dataset, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
                       **cfg.data_options)
     model = ModelConfig(p["model"], width=p["model_kwargs"].get("width"))

@@ -94,6 +94,10 @@ def test_run_directories_are_named_by_their_settings(tmp_path):
     b = run_config(dataclasses.replace(TINY, epochs=2), p, "dense", tmp_path)
     c = run_config(dataclasses.replace(TINY, threads=2), p, "dense", tmp_path)
     assert b.out != a.out and c.out == a.out  # threads do not change the result
+    tuned = dataclasses.replace(TINY, method_train={"sfw": {"lr": 0.3, "weight_decay": 0.0}})
+    sfw = run_config(tuned, p, "sfw", tmp_path)
+    assert (sfw.train.lr, sfw.train.weight_decay) == (0.3, 0.0)  # the method's own lr wins
+    assert run_config(tuned, p, "dense", tmp_path).train.lr == TINY.lr
 
 
 def test_quick_section_renders_saved_results(tmp_path):
