@@ -20,7 +20,6 @@ named by the hash of their `RunConfig` and reused only when their stored config 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,28 +274,6 @@ def _pretrain(cfg: SuiteConfig, model, train, test, level: float, dense_run: Pat
     return model, (dense_seconds or 0.0) + ft, extra
 
 
-def suite_header(name: str, results: list[dict[str, Any]]) -> str:
-    """The table's header, stating the settings the cells really ran with (not the request)."""
-    settings = [r.get("params", {}).get("settings") or {} for r in results]
-    env = next((r["env"] for r in results if r.get("env")), {})
-
-    def values(key: str) -> str:
-        vals = sorted({json.dumps(s.get(key)) for s in settings if key in s})
-        shown = [("all" if v == "null" else v.strip('"')) for v in vals]
-        return "/".join(shown) if shown else "?"
-
-    seeds = sorted({r.get("params", {}).get("seed") for r in results} - {None})
-    precisions = sorted({str((s.get("train_options") or {}).get("precision", "fp32"))
-                         for s in settings}) or ["?"]
-    return (f"Suite `{name}` ({values('dataset')}; {values('epochs')} epochs; training in "
-            f"{'/'.join(precisions)}; train limit "
-            f"{values('limit_train')}, test limit {values('limit_test')}; lr {values('lr')}, "
-            f"{values('schedule')} schedule; seeds {seeds}; {len(results)} cells). Machine: "
-            f"{env.get('machine')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} "
-            f"torch threads, device {env.get('device')}); torch {env.get('torch')}; rankwise "
-            f"{env.get('rankwise')} @ {env.get('git_commit')}; {env.get('date')}.\n\n")
-
-
 def save_results(results: list[dict[str, Any]], dest: Path, suite: str) -> Path:
     """One JSON per finished cell in `dest` (command, commit, machine, date, seed, settings,
     metrics): the files `rankwise bench report` renders."""
@@ -318,7 +295,7 @@ def save_results(results: list[dict[str, Any]], dest: Path, suite: str) -> Path:
 @register_section("quick", order=10)
 def section(results_root: Path) -> str:
     """The quick suite's BENCHMARKS.md section from `results_root/quick/*.json`."""
-    from rankwise.bench.report import summarize, to_markdown
+    from rankwise.bench.report import suite_header, summarize, to_markdown
 
     files = load_result_files(Path(results_root) / "quick")
     timings = "".join(main_job_line(r) for r in load_result_files(Path(results_root) / "main-job"))

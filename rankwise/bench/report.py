@@ -8,6 +8,7 @@ reference for Δ accuracy and the × ratios.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -111,6 +112,42 @@ def to_markdown(rows: list[Row]) -> str:
                  _fmt(r.train_seconds, ".0f"), *[_fmt(r.extra.get(c), ".3g") for c in extra_cols]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def suite_header(name: str, results: list[dict[str, Any]]) -> str:
+    """The table's header, stating the settings the cells really ran with (not the request)."""
+    settings = [r.get("params", {}).get("settings") or {} for r in results]
+    env = next((r["env"] for r in results if r.get("env")), {})
+
+    def values(key: str) -> str:
+        vals = sorted({json.dumps(s.get(key)) for s in settings if key in s})
+        shown = [("all" if v == "null" else v.strip('"')) for v in vals]
+        return "/".join(shown) if shown else "?"
+
+    seeds = sorted({r.get("params", {}).get("seed") for r in results} - {None})
+    precisions = sorted({str((s.get("train_options") or {}).get("precision", "fp32"))
+                         for s in settings}) or ["?"]
+    return (f"Suite `{name}` ({values('dataset')}; {values('epochs')} epochs; training in "
+            f"{'/'.join(precisions)}; train limit "
+            f"{values('limit_train')}, test limit {values('limit_test')}; lr {values('lr')}, "
+            f"{values('schedule')} schedule; seeds {seeds}; {len(results)} cells). Machine: "
+            f"{env.get('machine')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} "
+            f"torch threads, device {env.get('device')}); torch {env.get('torch')}; rankwise "
+            f"{env.get('rankwise')} @ {env.get('git_commit')}; {env.get('date')}."
+            f"{_method_settings(results)}\n\n")
+
+
+def _method_settings(results: list[dict[str, Any]]) -> str:
+    """' Method settings: sfw: k 0.3, …, lr 0.3.' from the cells' method options and the
+    training fields a method overrides ('' when none)."""
+    per: dict[str, str] = {}
+    for r in results:
+        s = r.get("params", {}).get("settings") or {}
+        opts = {**(s.get("method_options") or {}), **(s.get("method_train") or {})}
+        if opts and r["params"].get("method") not in ("dense", "pretrain"):
+            per[r["params"]["method"]] = ", ".join(f"{k} {v}" for k, v in opts.items())
+    return (" Method settings: " + "; ".join(f"{m}: {t}" for m, t in sorted(per.items())) + "."
+            if per else "")
 
 
 def plot_pareto(rows: list[Row], path: Path) -> list[Path]:

@@ -56,8 +56,8 @@ def suite_from_args(args: argparse.Namespace):
 
 def _method_suite(args: argparse.Namespace) -> tuple[Path, list[dict[str, Any]]]:
     from rankwise.bench.harness import failure_line, run_cells
-    from rankwise.bench.quick import run_suite_cell, save_results, suite_cells, suite_header
-    from rankwise.bench.report import plot_pareto, summarize, to_markdown
+    from rankwise.bench.quick import run_suite_cell, save_results, suite_cells
+    from rankwise.bench.report import plot_pareto, suite_header, summarize, to_markdown
     from rankwise.data import require_dataset
 
     cfg = suite_from_args(args)

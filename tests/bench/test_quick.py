@@ -126,6 +126,17 @@ def test_quick_section_renders_saved_results(tmp_path):
     assert path.read_text() == text
 
 
+def test_suite_header_states_what_a_method_ran_with_beyond_the_suite():
+    from rankwise.bench.report import suite_header
+
+    cells = {c.params["method"]: c for c in suite_cells(TINY)}
+    results = [{"params": cells[m].params} for m in ("dense", "sfw")]
+    results[1]["params"]["settings"]["method_train"] = {"lr": 0.3}
+    head = suite_header("tiny", results)
+    assert "lr 0.05" in head and "Method settings: sfw: " in head and "width 3.0" in head
+    assert head.rstrip().endswith("lr 0.3.") and "dense:" not in head
+
+
 def test_quick_section_reports_the_timed_main_job(tmp_path):
     from rankwise.bench.quick import section
 
