@@ -203,18 +203,15 @@ def _trp_channel_extras(prefix: str, schedule: str, seed: int, dense: str) -> li
                    *trp_args("channel", "3e-4"), epochs=str(FINETUNE_EPOCHS), lr="0.01")
     rt = _retrain(ours.out, seed)
 
-    def same_macs(step: Step) -> BenchRow:
-        return _same_macs(prefix, schedule, seed, dense, step)
-
     rows = [BenchRow(ours.out, m, "trp+nu", "channel", f"TRP+Nu NC, energy {TRP_OURS['energy']}"
                      f", period {TRP_OURS['period']} (ours)", "trp", (ours,), seed=seed),
             BenchRow(rt.out, m, "trp+nu", "channel", f"  + retrain {RETRAIN_EPOCHS} ep (the "
                      "code's `--retrain`)", "decompose", (rt,), needs=(ours.out,), seed=seed),
-            same_macs(ours),
+            _same_macs(prefix, schedule, seed, dense, ours),
             BenchRow(tuned.out, m, "trp+nu", "channel", "TRP+Nu NC while fine-tuning the dense "
                      f"model {FINETUNE_EPOCHS} ep (ImageNet recipe)", "trp", (tuned,),
                      needs=(dense,), seed=seed),
-            same_macs(tuned)]
+            _same_macs(prefix, schedule, seed, dense, tuned)]
     return rows
 
 
