@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.methods import NuclearRegularizer
-from rankwise.methods.sfw import NuclearPenaltyConfig, SFWConfig, build_sfw
+from rankwise.methods.nuclear import NuclearPenaltyConfig, NuclearRegularizer
+from rankwise.methods.sfw import SFWConfig, build_sfw
 from rankwise.models import create_model
 from rankwise.optim import make_param_groups
 

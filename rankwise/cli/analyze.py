@@ -46,7 +46,7 @@ def load_target(target: str, args: argparse.Namespace | None = None) -> LoadedMo
     """
     from rankwise import io
     from rankwise.cli.decompose import find_saved_dir
-    from rankwise.compress.pipeline import load_compressed
+    from rankwise.compress.artifact import load_compressed
 
     path = Path(target)
     if path.exists():

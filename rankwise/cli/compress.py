@@ -2,7 +2,7 @@
 
 Measures the model after every stage on the test split of `--dataset` and writes into `--out`:
 `report.md`, `report.json` (stage table + each stage's own report) and the final model as a
-reloadable directory (`rankwise.compress.pipeline.load_compressed(OUT)`; see
+reloadable directory (`rankwise.compress.artifact.load_compressed(OUT)`; see
 `save_compressed` for the files). OUT is built beside itself and swapped in when complete, so
 an earlier output survives a failure; a non-empty OUT that is not a `rankwise compress` output is
 refused.
@@ -75,12 +75,8 @@ def compress_command(args: argparse.Namespace) -> int:
     from rankwise.cli import output_of
     from rankwise.cli.analyze import load_target
     from rankwise.cli.profile import parse_shape
-    from rankwise.compress.pipeline import (
-        PipelineConfig,
-        check_finite,
-        run_pipeline,
-        save_compressed,
-    )
+    from rankwise.compress.artifact import save_compressed
+    from rankwise.compress.pipeline import PipelineConfig, check_finite, run_pipeline
     from rankwise.io.atomic import (
         atomic_dir,
         atomic_write_json,
@@ -129,7 +125,7 @@ def compress_command(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         Console(width=max(160, Console().width)).print(stage_table(result, title))
-        print(f"saved to {out} (reload: rankwise.compress.pipeline.load_compressed)")
+        print(f"saved to {out} (reload: rankwise.compress.artifact.load_compressed)")
     return 0
 
 

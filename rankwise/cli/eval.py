@@ -39,7 +39,7 @@ def load_run_model(root: Path, device: str = "cpu") -> tuple[nn.Module, dict[str
     if (root / io.CONFIG).is_file():
         saved = io.read_config(root)
         meta = {"input_shape": saved.get("input_shape"), **(saved.get("meta") or {}), **config}
-        from rankwise.compress.pipeline import load_compressed  # plain or `compress` output
+        from rankwise.compress.artifact import load_compressed  # plain or `compress` output
 
         return load_compressed(root, map_location=device), meta
     if not (root / "checkpoint.pt").is_file() or "model" not in config:

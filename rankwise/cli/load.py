@@ -15,7 +15,7 @@ def load_command(args: argparse.Namespace) -> int:
     from rankwise import io
     from rankwise.analysis.macs import call_model
     from rankwise.analysis.profile import profile_model
-    from rankwise.compress.pipeline import load_compressed
+    from rankwise.compress.artifact import load_compressed
     from rankwise.models.resolve import default_input_shape, example_inputs
 
     # Plain saved models and `rankwise compress` outputs (int8 / entropy-coded) alike.

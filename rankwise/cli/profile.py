@@ -65,7 +65,7 @@ def resolve_target(target: str, args: argparse.Namespace
     """(model, dense baseline or None, input shape) for a saved path or a model spec (zoo name,
     tv:NAME, timm:NAME, hf:NAME_OR_PATH, package.module:factory; see `build_model`)."""
     from rankwise import io
-    from rankwise.compress.pipeline import load_compressed
+    from rankwise.compress.artifact import load_compressed
     from rankwise.models import build_model
 
     shape = parse_shape(args.input_shape) if args.input_shape else None

@@ -13,8 +13,8 @@ evaluated model is the float model holding `q · scale` weights. Entropy coding 
 coding stage's model is bit-identical to the quantization stage's (checked on decode).
 
 The input model must hold finite weights: a NaN/Inf tensor is refused up front, naming it.
-`save_compressed` / `load_compressed` (the reloadable output directory) live in
-`compress.artifact` and are re-exported here.
+`compress.artifact.save_compressed` / `load_compressed` write and read the reloadable output
+directory.
 """
 
 from __future__ import annotations
@@ -27,16 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.compress.artifact import (  # noqa: F401 - re-exported
-    BLOB_FILE,
-    FP32_FILE,
-    INT8_FILE,
-    build_architecture,
-    compressed_artifact,
-    is_compressed_dir,
-    load_compressed,
-    save_compressed,
-)
 from rankwise.compress.entropy import CODECS, decode_state, encode_state, read_header
 from rankwise.compress.filter_prune import filter_prune
 from rankwise.compress.prune import magnitude_prune, stage_stats

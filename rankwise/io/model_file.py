@@ -38,6 +38,7 @@ from rankwise.layers.base import (
     dense_spec_of,
     layer_from_spec,
 )
+from rankwise.layers.foreign import convert_for
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
@@ -251,8 +252,6 @@ def build_model(config: dict[str, Any], root: Path, model: nn.Module | None = No
             raise CheckpointError(f"{root / CONFIG}: cannot build arch {arch!r} with "
                                   f"{config.get('arch_kwargs')} ({e}); the file is corrupt or "
                                   "from another rankwise version") from e
-    from rankwise.surgery.foreign import convert_for
-
     convert_for(model, set(config["factorized"]))  # MHA projections, HF Conv1D as linears
     for name, spec in config["factorized"].items():
         _swap_in(model, name, spec, root / CONFIG)

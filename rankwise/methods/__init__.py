@@ -11,11 +11,10 @@ from __future__ import annotations
 from rankwise.methods.base import CompressionMethod, DenseConfig
 from rankwise.methods.elrt import ELRT, ELRTConfig
 from rankwise.methods.erank_reg import EffectiveRankRegularizer, ERankRegConfig
-from rankwise.methods.nuclear import NuclearRegularizer
+from rankwise.methods.nuclear import NuclearPenaltyConfig, NuclearRegularizer
 from rankwise.methods.registry import METHOD_CLASSES, method_class, register_method
 from rankwise.methods.sfw import (
     SFW,
-    NuclearPenaltyConfig,
     SFWConfig,
     build_sfw,
     sfw_finalize,

@@ -11,15 +11,33 @@ backward, `reg.after_backward(t)` (adds `λ·U Vᵀ` to the gradients).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from rankwise.methods.base import CompressionMethod
 from rankwise.methods.registry import register_method
-from rankwise.methods.sfw import NuclearPenaltyConfig
+from rankwise.methods.sfw import SweepOptions
 from rankwise.methods.trp import TRP
 from rankwise.methods.trp_config import TRPConfig
+from rankwise.options import option, validate
+
+
+@dataclass
+class NuclearPenaltyConfig(SweepOptions):
+    """`weight`: λ of `λ·Σ‖W.flatten(1)‖_*` over every conv (3e-4 = TRP's README value, ours);
+    `include_linear`: penalize Linear weights too. Post-training sweep options as SFW's
+    (`--nuclear-penalty-sweep*`; `auto` means the low-rank sweep)."""
+
+    weight: float = option(3e-4, low=0.0, help="λ of the nuclear-norm penalty")
+    include_linear: bool = option(False, help="penalize nn.Linear weights too")
+
+    def __post_init__(self) -> None:
+        self.sweep_ratios = tuple(float(s) for s in self.sweep_ratios)
+        validate(self)
+        if self.sweep == "auto":
+            self.sweep = "lowrank"
 
 
 def nuclear_trp_config(cfg: NuclearPenaltyConfig) -> TRPConfig:
@@ -55,4 +73,4 @@ class NuclearRegularizer(CompressionMethod):
         self.trp.load_state_dict(state)
 
 
-__all__ = ["NuclearRegularizer", "nuclear_trp_config"]
+__all__ = ["NuclearPenaltyConfig", "NuclearRegularizer", "nuclear_trp_config"]

@@ -9,9 +9,9 @@ then calls `opt.step()` (no weight decay; an lr schedule acts on every group's `
 training, `sfw_finalize(model, opt, cfg, test_data)` checks feasibility and runs the
 compression sweep (`rankwise.compress.sweep`, no retraining); `sfw_sweep` runs the sweep alone.
 
-The nuclear-norm penalty baseline's options (`NuclearPenaltyConfig`) live here too; its method
-object is `rankwise.methods.nuclear.NuclearRegularizer`.
-Defaults not from the paper (ours): the sweep ratios, `λ = 3e-4` (TRP's README value).
+`SweepOptions` (the post-training sweep's flags) is shared with the nuclear-norm penalty
+baseline (`rankwise.methods.nuclear`).
+Defaults not from the paper (ours): the sweep ratios.
 """
 
 from __future__ import annotations
@@ -109,27 +109,6 @@ class SFWConfig(SweepOptions):
                               f"{k!r} (--sfw-k)")
 
 
-@dataclass
-class NuclearPenaltyConfig(SweepOptions):
-    """`weight`: λ of `λ·Σ‖W.flatten(1)‖_*` over every conv (3e-4, ours); `include_linear`:
-    penalize Linear weights too. Sweep options as SFW's (`--nuclear-penalty-sweep*`)."""
-
-    weight: float = option(3e-4, low=0.0, help="λ of the nuclear-norm penalty")
-    include_linear: bool = option(False, help="penalize nn.Linear weights too")
-
-    def __post_init__(self) -> None:
-        self.sweep_ratios = tuple(float(s) for s in self.sweep_ratios)
-        validate(self)
-        if self.sweep == "auto":
-            self.sweep = "lowrank"
-
-    def trp_config(self) -> Any:
-        """The TRP configuration implementing this penalty (`nuclear.nuclear_trp_config`)."""
-        from rankwise.methods.nuclear import nuclear_trp_config
-
-        return nuclear_trp_config(self)
-
-
 def build_sfw(model: nn.Module, lr: float, cfg: SFWConfig | None = None, seed: int = 0) -> SFW:
     """Param groups of `cfg`, the model's weights shifted into them (in place), and the SFW."""
     cfg = cfg if cfg is not None else SFWConfig()
@@ -202,5 +181,5 @@ def sfw_finalize(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: SFWCon
             "rank_analysis": rank_summary(model, cfg.sweep_scheme), "sweeps": sweeps}
 
 
-__all__ = ["SFW", "NuclearPenaltyConfig", "SFWConfig", "SweepOptions", "build_sfw",
+__all__ = ["SFW", "SFWConfig", "SweepOptions", "build_sfw",
            "feasibility", "parse_k", "rank_summary", "sfw_finalize", "sfw_sweep"]

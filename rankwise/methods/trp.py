@@ -33,41 +33,8 @@ from rankwise.methods.base import CompressionMethod
 from rankwise.methods.registry import register_method
 from rankwise.methods.trp_config import TRPConfig
 from rankwise.methods.trp_ops import trp_project
-
-
-def find_targets(model: nn.Module, cfg: TRPConfig) -> list[str]:
-    """Names of the modules TRP acts on (see `TRPConfig`), in registration order."""
-    from rankwise.surgery.decompose import matches
-
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    first = convs[0] if convs else None
-    out = []
-    for name, mod in model.named_modules():
-        if not name or not isinstance(mod, (nn.Conv2d, nn.Linear)):
-            continue
-        if cfg.targets:
-            if matches(name, mod, list(cfg.targets)):
-                out.append(name)
-            continue
-        if isinstance(mod, nn.Linear):
-            keep = cfg.include_linear
-        else:
-            one = tuple(mod.kernel_size) == (1, 1)
-            keep = (cfg.include_1x1 or not one) and (cfg.include_first_conv or name != first)
-        if keep:
-            out.append(name)
-    return out
-
-
-def require_targets(model: nn.Module, cfg: TRPConfig) -> list[str]:
-    """`find_targets`, or ConfigError saying how to widen the rule."""
-    targets = find_targets(model, cfg)
-    if not targets:
-        raise ConfigError(
-            f"TRP: no target layer in {type(model).__name__} (rule: non-1×1 Conv2d except the "
-            f"first; targets={cfg.targets}); widen it with --trp-include-1x1/-linear/"
-            "-first-conv or --trp-targets")
-    return targets
+from rankwise.methods.trp_report import trp_decompose
+from rankwise.methods.trp_targets import require_targets
 
 
 def _shape_recorder(method: TRP) -> Any:
@@ -202,8 +169,6 @@ class TRP(CompressionMethod):
                  input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """`(factorized copy of model, report)`; `input_shape` (C, H, W) defaults to the one
         seen by the first forward."""
-        from rankwise.methods.trp_report import trp_decompose
-
         shape = input_shape or self.input_shape
         if shape is None:
             raise ConfigError("TRP.finalize: pass input_shape=(C, H, W) (no forward was seen)")
@@ -220,4 +185,4 @@ class TRP(CompressionMethod):
         self._ranks = {str(k): int(v) for k, v in dict(state.get("last_ranks", {})).items()}
 
 
-__all__ = ["TRP", "TRPConfig", "find_targets", "require_targets"]
+__all__ = ["TRP", "TRPConfig"]

@@ -19,9 +19,9 @@ from rankwise.layers.decoupled_conv import DecoupledConv2d, filter_matricize
 from rankwise.layers.shapes import ConvSpec
 from rankwise.linalg.grouped import svd_dtype
 from rankwise.linalg.svd import svdvals
-from rankwise.methods.trp import find_targets
 from rankwise.methods.trp_config import TRPConfig
 from rankwise.methods.trp_ops import trp_flops
+from rankwise.methods.trp_targets import find_targets
 from rankwise.options import to_dict
 from rankwise.surgery.rank import RankPolicy
 

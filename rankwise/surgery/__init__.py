@@ -1,8 +1,8 @@
 """Model surgery: `decompose()` rewrites layers (how), rank policies and budgets decide how much.
 
 `decompose.py` walks the model and swaps layers; `candidates.py` says which layers may be
-factorized and why others stay dense; `foreign.py` exposes HF `Conv1D` and
-`nn.MultiheadAttention` projections as linears; `trace.py` runs the example inputs once (input
+factorized and why others stay dense (HF `Conv1D` and `nn.MultiheadAttention` projections are
+exposed as linears by `rankwise.layers.foreign`); `trace.py` runs the example inputs once (input
 shapes, MACs); `allocate.py` turns a rank policy into per-layer ranks (one call point, global
 budgets included); `apply.py` builds and swaps one layer; `rank.py` holds the per-layer
 policies, `budget.py` the global params/MACs allocator, `report.py` what was done per layer;

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from rankwise.errors import ConfigError, RankError, UnsupportedLayerError
-from rankwise.layers import FORMATS
+from rankwise.layers import FORMATS, foreign
 from rankwise.layers.base import FactorizedLayer, Rank, dense_spec_of
-from rankwise.surgery import foreign
 from rankwise.surgery.candidates import Candidate
 from rankwise.surgery.rank import Energy
 from rankwise.surgery.report import LayerRow

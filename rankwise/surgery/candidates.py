@@ -159,29 +159,6 @@ def keep_dense_reason(mod: nn.Module, tied_to: str | None) -> str | None:
     return None
 
 
-def param_owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
-    """id(parameter) → every (module path, module) that registers it directly."""
-    out: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, mod in model.named_modules(remove_duplicate=False):
-        for p in mod._parameters.values():
-            if p is not None:
-                out.setdefault(id(p), []).append((name, mod))
-    return out
-
-
-def tied_to(mod: nn.Module, owners: dict[int, list[tuple[str, nn.Module]]],
-            attrs: Sequence[str] = ("weight",)) -> str | None:
-    """Path of another module sharing one of `mod`'s `attrs` parameters, or None."""
-    for a in attrs:
-        p = mod._parameters.get(a)
-        if p is None:
-            continue
-        for other_name, other in owners.get(id(p), []):
-            if other is not mod:
-                return other_name or "the model root"
-    return None
-
-
 def check_weights(cands: Sequence[Candidate]) -> None:
     """Refuse meta-device or non-finite weights/biases with one line naming the layer."""
     for c in cands:

@@ -8,7 +8,7 @@ Layer → format: every `nn.Conv2d` gets `format`, every `nn.Linear` gets `linea
 1×1 convs, which are matrices and always get `"channel"` (a truncated SVD of the `(n, c)` weight)
 whatever the conv format. `format` may name a linear format (`"svd"`, `"tt"`): then linears use
 it and convs use `"channel"`. `None` leaves that layer type dense. Hugging Face `Conv1D` and
-`nn.MultiheadAttention` projections are linears too (`rankwise.surgery.foreign`); layers that
+`nn.MultiheadAttention` projections are linears too (`rankwise.layers.foreign`); layers that
 must stay dense (custom forward, tied weights, ...) are listed with the reason
 (`rankwise.surgery.candidates`).
 """
@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from rankwise.errors import ConfigError, UnsupportedLayerError
-from rankwise.layers import FORMATS
+from rankwise.layers import FORMATS, foreign
 from rankwise.layers.base import FactorizedLayer, dense_spec_of
+from rankwise.layers.foreign import param_owners, tied_to
 from rankwise.layers.mha import ProjectedMultiheadAttention
-from rankwise.surgery import foreign
 from rankwise.surgery.allocate import allocate, as_rank, budget_metric
 from rankwise.surgery.apply import apply, row
 from rankwise.surgery.candidates import (
@@ -37,8 +37,6 @@ from rankwise.surgery.candidates import (
     is_candidate_type,
     keep_dense_reason,
     matches,
-    param_owners,
-    tied_to,
 )
 from rankwise.surgery.latency_budget import LatencyBudget, latency_plan
 from rankwise.surgery.rank import Energy, parse_rank

@@ -31,12 +31,13 @@ from rankwise.methods.base import DenseConfig
 from rankwise.methods.elrt import REPORT as ELRT_REPORT
 from rankwise.methods.elrt import ELRTConfig, build_factorized
 from rankwise.methods.erank_reg import ERankRegConfig
-from rankwise.methods.sfw import NuclearPenaltyConfig, SFWConfig
+from rankwise.methods.nuclear import NuclearPenaltyConfig
+from rankwise.methods.sfw import SFWConfig
 from rankwise.methods.subspace import BASIS, SubspaceConfig, subspace_report
 from rankwise.methods.subspace import REPORT as SUBSPACE_REPORT
-from rankwise.methods.trp import require_targets
 from rankwise.methods.trp_config import TRPConfig
 from rankwise.methods.trp_report import report_markdown
+from rankwise.methods.trp_targets import require_targets
 from rankwise.train import method_hooks as mh
 from rankwise.train.hooks import Hook
 from rankwise.train.method_hooks import ELRTHook, MethodHook, SFWMonitor, SubspaceHook

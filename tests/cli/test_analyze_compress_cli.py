@@ -11,7 +11,8 @@ from torch import nn
 import rankwise.models
 from rankwise import io
 from rankwise.cli import main
-from rankwise.compress.pipeline import PipelineConfig, load_compressed, run_pipeline
+from rankwise.compress.artifact import load_compressed
+from rankwise.compress.pipeline import PipelineConfig, run_pipeline
 from rankwise.data import load_dataset
 from rankwise.layers import FactorizedLayer
 from rankwise.train import TrainConfig, Trainer, evaluate

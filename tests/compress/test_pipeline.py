@@ -9,18 +9,15 @@ import torch
 from torch import nn
 
 from rankwise import io
-from rankwise.compress.pipeline import (
+from rankwise.compress.artifact import (
     BLOB_FILE,
     FP32_FILE,
     INT8_FILE,
-    PipelineConfig,
     is_compressed_dir,
     load_compressed,
-    parse_lowrank,
-    parse_prune,
-    run_pipeline,
     save_compressed,
 )
+from rankwise.compress.pipeline import PipelineConfig, parse_lowrank, parse_prune, run_pipeline
 from rankwise.errors import CheckpointError, ConfigError
 from rankwise.layers import FactorizedLayer
 

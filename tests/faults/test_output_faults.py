@@ -24,7 +24,7 @@ import torch
 
 from rankwise import io
 from rankwise.cli import main
-from rankwise.compress.pipeline import load_compressed
+from rankwise.compress.artifact import load_compressed
 from rankwise.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]

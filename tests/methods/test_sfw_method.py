@@ -13,10 +13,9 @@ from torch import nn
 from rankwise.data.synthetic import make_synthetic
 from rankwise.errors import ConfigError
 from rankwise.linalg.spectra import effective_rank
-from rankwise.methods.nuclear import NuclearRegularizer
+from rankwise.methods.nuclear import NuclearPenaltyConfig, NuclearRegularizer
 from rankwise.methods.sfw import (
     SFW_CONSTRAINTS,
-    NuclearPenaltyConfig,
     SFWConfig,
     parse_k,
     rank_summary,

@@ -14,8 +14,9 @@ from torch import nn
 
 from rankwise.errors import ConfigError
 from rankwise.linalg.spectra import effective_rank, energy_rank
-from rankwise.methods.trp import TRP, TRPConfig, find_targets
+from rankwise.methods.trp import TRP, TRPConfig
 from rankwise.methods.trp_ops import batched_energy_ranks, trp_flops, trp_project
+from rankwise.methods.trp_targets import find_targets
 
 torch.set_num_threads(1)
 

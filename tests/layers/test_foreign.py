@@ -10,9 +10,9 @@ from torch import nn
 
 from rankwise.errors import RankError
 from rankwise.layers import FactorizedLayer
+from rankwise.layers.foreign import convert_for, is_hf_conv1d
 from rankwise.layers.mha import ProjectedMultiheadAttention
 from rankwise.surgery.decompose import decompose, to_dense
-from rankwise.surgery.foreign import convert_for, is_hf_conv1d
 
 
 class Conv1D(nn.Module):

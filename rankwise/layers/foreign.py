@@ -13,6 +13,7 @@ untouched layer is returned bit-identical. Parameters tied to other modules are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,10 +22,32 @@ from torch import nn
 from rankwise.errors import UnsupportedLayerError
 from rankwise.layers.base import FactorizedLayer
 from rankwise.layers.mha import ProjectedMultiheadAttention
-from rankwise.surgery.candidates import param_owners, tied_to
 
 FROM_CONV1D = "_rankwise_from_conv1d"
 """Attribute holding the HF `Conv1D` class on a layer that replaced one."""
+
+
+def param_owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """id(parameter) → every (module path, module) that registers it directly."""
+    out: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        for p in mod._parameters.values():
+            if p is not None:
+                out.setdefault(id(p), []).append((name, mod))
+    return out
+
+
+def tied_to(mod: nn.Module, owners: dict[int, list[tuple[str, nn.Module]]],
+            attrs: Sequence[str] = ("weight",)) -> str | None:
+    """Path of another module sharing one of `mod`'s `attrs` parameters, or None."""
+    for a in attrs:
+        p = mod._parameters.get(a)
+        if p is None:
+            continue
+        for other_name, other in owners.get(id(p), []):
+            if other is not mod:
+                return other_name or "the model root"
+    return None
 
 
 @dataclass
