@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import json
 import math
 import sys
@@ -22,20 +21,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-# Each module defines `register(subparsers) -> None`, adding one sub-command whose parser sets
-# `func=callable(args) -> int`.
-COMMAND_MODULES = (
-    "decompose",
-    "profile",
-    "train",
-    "eval",
-    "sweep",
-    "analyze",
-    "compress",
-    "bench",
-    "load",
-    "export",
-)
 DEBUG_FLAG = "--debug"
 INT_LIST_FLAGS = ("--seeds", "--milestones")  # comma-separated ints, checked while parsing
 DEVICE_FLAGS = (("device", "--device"), ("map_location", "--map-location"))
@@ -92,8 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help="show the full traceback of an error (accepted anywhere)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for name in COMMAND_MODULES:  # each command module registers its sub-parser
-        importlib.import_module(f"rankwise.cli.{name}").register(sub)
+    # One module per sub-command, each with `register(subparsers)` adding its parser (which sets
+    # `func=callable(args) -> int`); imported here because they import this module's helpers.
+    from rankwise.cli import (
+        analyze,
+        bench,
+        compress,
+        decompose,
+        eval,
+        export,
+        load,
+        profile,
+        sweep,
+        train,
+    )
+
+    for module in (decompose, profile, train, eval, sweep, analyze, compress, bench, load, export):
+        module.register(sub)
     _harden(parser)
     return parser
 
