@@ -289,8 +289,8 @@ def commands(rows: Sequence[BenchRow] | None = None,
 
 def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None = None
                      ) -> list[tuple[str, str]]:
-    """`commands()` of the steps not finished yet in `runs_dir`; a training that was stopped
-    after an epoch (its `checkpoint.pt` exists) continues with `--resume`."""
+    """`commands()` of the steps not finished yet in `runs_dir`; a step stopped after an epoch
+    of its training (`cifar10_steps.resumes`) continues with `--resume`."""
     rows = suite_rows() if rows is None else rows
     done = {s.out for r in rows for s in r.steps if step_done(s, runs_dir)}
     started = {s.out for r in rows for s in r.steps if resumes(s, runs_dir)}

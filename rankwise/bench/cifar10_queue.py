@@ -4,9 +4,10 @@
 A step is runnable when every run it reads has finished: the runs its row `needs`, the earlier
 steps of its row, and the run named by a `{macs:RUN}` placeholder. After each step the list is
 worked out again, so a decomposition waiting for a TRP run starts as soon as that run is done.
-A training stopped earlier (its `checkpoint.pt` exists) continues with `--resume`. Each step is
-claimed with an `flock` (`.NAME.queue.lock` beside its run directory), so two queues started on
-two cores never run the same step; a killed queue leaves no stale claim. A step that fails is
+A training stopped after an epoch (`cifar10_steps.resumes`: its `checkpoint.pt`, or a
+decomposition's `finetune/checkpoint.pt`) continues with `--resume`. Each step is claimed with
+an `flock` (`.NAME.queue.lock` beside its run directory), so two queues started on two cores
+never run the same step; a killed queue leaves no stale claim. A step that fails is
 not retried by the same queue, which goes on with the others.
 """
 

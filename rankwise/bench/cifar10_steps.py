@@ -68,9 +68,12 @@ def step_done(step: Step, runs_dir: Path = RUNS_DIR) -> bool:
 
 
 def resumes(step: Step, runs_dir: Path = RUNS_DIR) -> bool:
-    """Whether `step` is a training stopped after an epoch (its `checkpoint.pt` exists): it
-    continues with `--resume`."""
-    return step.argv[0] == "train" and (Path(runs_dir) / step.out / "checkpoint.pt").is_file()
+    """Whether `step` was stopped after an epoch of its training, so that it continues with
+    `--resume`: a `train` step with `OUT/checkpoint.pt`, or a `decompose --finetune` step with
+    `OUT/finetune/checkpoint.pt` (run again without `--resume`, either is refused)."""
+    run = Path(runs_dir) / step.out
+    checkpoint = {"train": run, "decompose": run / "finetune"}.get(step.argv[0])
+    return checkpoint is not None and (checkpoint / "checkpoint.pt").is_file()
 
 
 def command_or_wait(step: Step, runs_dir: Path) -> str:

@@ -72,6 +72,21 @@ def test_a_stopped_training_resumes_and_a_failed_step_blocks_only_its_dependents
     assert waiting == {"r20-dense-cpu60"}  # what is left can only start once dense exists
 
 
+def test_a_decomposition_stopped_while_fine_tuning_resumes(tmp_path: Path) -> None:
+    dense = tmp_path / "r20-dense-cpu60"
+    dense.mkdir()
+    (dense / MARKERS[dense.name]).write_text("{}")
+    stopped = tmp_path / "r20-decomp-vh-ft-cpu60" / "finetune"
+    stopped.mkdir(parents=True)
+    (stopped / "checkpoint.pt").write_bytes(b"")
+    cli = FakeCli(tmp_path)
+    run_queue(ROWS, tmp_path, execute=cli, log=lambda _: None)
+    order = _order(cli)
+    assert "r20-dense-cpu60" not in order
+    assert cli.calls[order.index("r20-decomp-vh-ft-cpu60")][-1] == "--resume"
+    assert "--resume" not in cli.calls[order.index("r20-decomp-nc-ft-cpu60")]  # never started
+
+
 def test_a_step_another_queue_holds_is_left_to_it(tmp_path: Path) -> None:
     cli = FakeCli(tmp_path)
     with RunLock(tmp_path / "r20-dense-cpu60.queue"):
