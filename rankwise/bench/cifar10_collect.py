@@ -14,7 +14,9 @@ UTC) and `collected` (now), `schedule` (epochs / schedule / lr from config.json)
   `latency_bf16_ms` (batch 1, median, deployed in fp32 and in bf16 with BN folded, the
   collecting machine's threads) with `dense_latency_ms` / `dense_latency_bf16_ms`, the same
   model and schedule's dense run timed in the same interleaved blocks (`latency_vs_dense`),
-  unless `latency=False`;
+  unless `latency=False`; `latency_ort_ms` / `dense_latency_ort_ms` the same pair exported to
+  ONNX (float32) and run by ONNX Runtime (`io.onnx_file`), or `latency_ort_error` saying why
+  not (the `export` extra not installed, an export failure);
 - sweep rows: `sweep`, one `{ratio, acc, params, macs}` per ratio, from the step's sweep.json;
 - compress rows: `stages` (stage, acc, params, bytes stored) and `bytes` of the last stage.
 
@@ -47,7 +49,7 @@ from rankwise.bench.cifar10 import (
 from rankwise.errors import ConfigError
 
 MODEL_POSTS = {"model": "", "elrt": "", "trp": "factorized", "decompose": ""}
-METRICS_VERSION = 2  # 2: latency of the deployed models (BN folded, bf16 weights)
+METRICS_VERSION = 3  # 2: latency of the deployed models (BN folded, bf16 weights); 3: + ORT
 
 
 @torch.no_grad()
@@ -129,23 +131,42 @@ def _test_data(config: dict[str, Any]) -> Any:
 
 
 def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[int],
-                     min_run_time: float = 0.2, rounds: int = 3) -> dict[str, float]:
+                     min_run_time: float = 0.2, rounds: int = 3) -> dict[str, Any]:
     """Batch-1 median latency (ms) of `model` and of `dense` on zeros `(1, *input_shape)`, each
     deployed as users run it (`io.export_precision.to_deploy`: BN folded, channels_last, weights
     in fp32 and then in bf16), each pair timed in alternating ABBA blocks
     (`speed_timing.interleaved_latency`) so that load from other processes hits both alike:
-    `dense_latency_ms / latency_ms` is the speedup the table shows."""
+    `dense_latency_ms / latency_ms` is the speedup the table shows. Then the same pair as
+    float32 ONNX graphs in ONNX Runtime (`_ort_pair`), `*_ort_ms`."""
     from rankwise.bench.speed_timing import interleaved_latency
     from rankwise.io.export_precision import to_deploy
 
     x = torch.zeros(1, *[int(v) for v in input_shape])
-    out: dict[str, float] = {"latency_threads": torch.get_num_threads()}
-    for suffix, precision in (("", "fp32"), ("_bf16", "bf16")):
-        d, m = interleaved_latency([to_deploy(dense, precision), to_deploy(model, precision)],
-                                   [x, x], min_run_time, rounds)
+    out: dict[str, Any] = {"latency_threads": torch.get_num_threads()}
+    pairs: list[tuple[str, Any]] = [
+        (suffix, lambda p=precision: [to_deploy(dense, p), to_deploy(model, p)])
+        for suffix, precision in (("", "fp32"), ("_bf16", "bf16"))]
+    pairs.append(("_ort", lambda: _ort_pair(dense, model, x)))
+    for suffix, build in pairs:
+        try:
+            deployed = build()
+        except ConfigError as e:  # ONNX Runtime missing, or the graph does not export
+            out[f"latency{suffix}_error"] = str(e)
+            continue
+        d, m = interleaved_latency(deployed, [x, x], min_run_time, rounds)
         out[f"latency{suffix}_ms"] = m["median_ms"]
         out[f"dense_latency{suffix}_ms"] = d["median_ms"]
     return out
+
+
+def _ort_pair(dense: nn.Module, model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """`dense` and `model` exported to float32 ONNX and loaded in ONNX Runtime, as many intra-op
+    threads as torch uses here."""
+    from rankwise.io.onnx_file import OnnxModel, onnx_bytes, onnxruntime
+
+    onnxruntime()  # before exporting: ConfigError with the install hint when it is missing
+    threads = torch.get_num_threads()
+    return [OnnxModel(onnx_bytes(m, x), threads) for m in (dense, model)]
 
 
 def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],

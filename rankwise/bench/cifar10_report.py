@@ -26,6 +26,7 @@ from rankwise.bench.cifar10 import (
 from rankwise.bench.cifar10_evidence import SFW_EVIDENCE, TRP_ENERGY_EVIDENCE
 from rankwise.bench.papers import paper_row
 
+LATENCIES = ("", "_bf16", "_ort")  # result-file suffixes: eager fp32, eager bf16, ORT
 HEADER = """## CIFAR-10: TRP, SFW and ELRT on ResNet-20 / ResNet-56 — `rankwise bench cifar10`
 
 Standard CIFAR ResNets (He et al. 2016: BasicBlock, option-A zero-padded identity shortcuts);
@@ -33,11 +34,13 @@ the TRP reference code's "ResNet-56" uses Bottleneck blocks, so its ResNet-56 nu
 for reference only (†). Paper: TRP README (Xu et al. 2020). Δ = accuracy − dense accuracy of
 the same source (ours against our dense row, the paper's against its own baseline). MACs ×:
 rankwise counting (every conv and linear, per sample); FLOPs ×: the TRP code's counting (convs
-only, FC excluded). Latency ×: dense time ÷ this row's time at batch 1, both deployed
-(`to_deploy`: BN folded, channels-last) with fp32 / bf16 weights, the two models timed in
-alternating blocks in one process (threads: the result file's `latency_threads`; > 1× = faster
-than our dense model in the same precision). Size: stored
-bytes (fp32 weights, or the pipeline's entropy-coded file).
+only, FC excluded). Latency ×: dense time ÷ this row's time at batch 1, both deployed the same
+way, the two models timed in alternating blocks in one process (threads: the result file's
+`latency_threads`; > 1× = faster than our dense model deployed the same way): eager PyTorch
+(`to_deploy`: BN folded, channels-last) with fp32 / bf16 weights, and ONNX Runtime on the fp32
+graph (`rankwise export --format onnx`). Below each table: the dense model's own times, which
+differ between the three far more than most rows differ from dense. Size: stored bytes (fp32
+weights, or the pipeline's entropy-coded file).
 """
 
 
@@ -54,9 +57,22 @@ def _ratio(dense: float | None, v: float | None) -> str:
 
 
 def _latency(m: dict[str, Any]) -> str:
-    """Speedup over the dense model timed in the same interleaved blocks, fp32 / bf16."""
-    cells = [_ratio(m.get(f"dense_latency{p}_ms"), m.get(f"latency{p}_ms")) for p in ("", "_bf16")]
-    return "–" if cells == ["–", "–"] else " / ".join(cells)
+    """Speedup over the dense model timed in the same interleaved blocks: eager fp32 / eager
+    bf16 / ONNX Runtime fp32."""
+    cells = [_ratio(m.get(f"dense_latency{p}_ms"), m.get(f"latency{p}_ms")) for p in LATENCIES]
+    return "–" if set(cells) == {"–"} else " / ".join(cells)
+
+
+def _dense_times(m: dict[str, Any]) -> list[str]:
+    """One line: the dense model's batch-1 times in the three deployments (its own file)."""
+    names = ("eager fp32", "eager bf16", "ONNX Runtime fp32")
+    cells = [f"{_f(m.get(f'dense_latency{p}_ms'), '.3f')} ms {n}"
+             for p, n in zip(LATENCIES, names, strict=True) if m.get(f"dense_latency{p}_ms")]
+    if not cells:
+        return []
+    threads = m.get("latency_threads")
+    return ["", f"Dense model at batch 1 ({threads} thread{'s' if threads != 1 else ''}): "
+            + ", ".join(cells) + "."]
 
 
 def _by_row(results_root: Path) -> dict[str, dict[str, Any]]:
@@ -88,7 +104,7 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
     dense = results.get(dense_row.name, {}).get("metrics", {}) if dense_row else {}
     lines = [f"### {title or model}", "",
              "| row | acc % | Δ ours | paper % | Δ paper | params | MACs × | FLOPs × (TRP) "
-             "| latency × fp32 / bf16 | size KB | schedule |",
+             "| latency × fp32 / bf16 / ORT | size KB | schedule |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         res = results.get(row.name)
@@ -111,6 +127,7 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
             f"{_ratio(dense.get('flops_reference'), m.get('flops_reference'))} | "
             f"{_latency(m)} | {_f(None if size is None else size / 1024, '.1f')} | "
             f"{sched_text} |")
+    lines += _dense_times(dense)
     if any(r.name not in results for r in rows):
         lines += ["", "Pending rows: their commands are printed by `rankwise bench cifar10 "
                   f"--action pending --models {rows[0].name.split('-')[0]} --schedule "

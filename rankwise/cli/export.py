@@ -1,9 +1,12 @@
-"""`rankwise export MODEL_DIR OUT --precision bf16`: a deployment copy of a saved model.
+"""`rankwise export MODEL_DIR OUT`: a deployment copy of a saved model.
 
-OUT holds the float32 weights (loadable by `rankwise.load`) and the deployment settings
-(`meta["deploy"]`: precision, channels_last, folded BatchNorm) that
-`rankwise.io.export_precision.load_deploy(OUT)` applies; `--check` runs both on zeros and prints
-the largest output difference against float32.
+`--format rankwise` (default): OUT holds the float32 weights (loadable by `rankwise.load`) and the
+deployment settings (`meta["deploy"]`: precision, bf16 by default, channels_last, folded
+BatchNorm) that `rankwise.io.export_precision.load_deploy(OUT)` applies.
+`--format onnx`: OUT holds `model.onnx` (float32, dynamic batch; `rankwise.io.onnx_file`) and
+`onnx.json` (source, input shape, input names), for ONNX Runtime.
+`--check` runs the copy and the float32 model on random inputs and prints the largest output
+difference relative to the largest output entry.
 """
 
 from __future__ import annotations
@@ -14,44 +17,106 @@ from typing import Any
 import torch
 
 
+def _random_like(example: Any, seed: int = 0) -> Any:
+    """`example` (zeros from `example_inputs`) with its float tensors filled from N(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=gen).to(t.dtype) if t.is_floating_point() else t
+
+    return {k: fill(v) for k, v in example.items()} if isinstance(example, dict) else fill(example)
+
+
+def _relative_diff(ref: torch.Tensor, got: torch.Tensor) -> float:
+    ref, got = getattr(ref, "logits", ref), getattr(got, "logits", got)
+    scale = float(ref.abs().max().clamp_min(1e-12))
+    return float((got.float() - ref.float()).abs().max()) / scale
+
+
 def export_command(args: argparse.Namespace) -> int:
     from rankwise import io
     from rankwise.cli import output_of
+    from rankwise.errors import ConfigError
     from rankwise.io import atomic as aio
-    from rankwise.io.export_precision import load_deploy, save_deploy
     from rankwise.models.resolve import example_inputs
 
-    out = aio.check_replaceable(args.out, replace_if := output_of("export"))
+    onnx = args.format == "onnx"
+    if onnx and args.precision not in (None, "fp32"):
+        raise ConfigError(f"--precision {args.precision}: the ONNX copy is float32 (ONNX Runtime's "
+                          "CPU convolutions have no bf16 kernels); drop --precision or use "
+                          "--format rankwise")
+    precision = args.precision or ("fp32" if onnx else "bf16")
+    out = aio.check_replaceable(args.out, replace_if := output_of("export", *ONNX_FILES))
     config = io.read_config(args.path)
     model = io.load(args.path).eval()
     shape = io.saved_input_shape(args.path)
+    if onnx and shape is None:
+        raise ConfigError(f"{args.path}: model.json records no input shape, which the ONNX "
+                          "trace needs; save the model with input_shape=(C, H, W)")
+    example = None if shape is None else example_inputs(model, shape)
     with aio.atomic_dir(out, replace_if=replace_if) as tmp:
-        save_deploy(model, tmp, precision=args.precision,
-                    channels_last=not args.no_channels_last, fold_bn=not args.no_fold_bn,
-                    arch=config.get("arch"), arch_kwargs=config.get("arch_kwargs"),
-                    input_shape=shape, meta={**(config.get("meta") or {}), "command": "export"})
-    summary: dict[str, Any] = {"path": str(args.path), "out": str(out),
-                               "precision": args.precision}
-    if args.check and shape is not None:
-        deployed = load_deploy(out)
-        x = example_inputs(model, shape)
+        if onnx:
+            _write_onnx(model, example, tmp, args.path, shape)
+        else:
+            from rankwise.io.export_precision import save_deploy
+
+            save_deploy(model, tmp, precision=precision,
+                        channels_last=not args.no_channels_last, fold_bn=not args.no_fold_bn,
+                        arch=config.get("arch"), arch_kwargs=config.get("arch_kwargs"),
+                        input_shape=shape,
+                        meta={**(config.get("meta") or {}), "command": "export"})
+    summary: dict[str, Any] = {"path": str(args.path), "out": str(out), "format": args.format,
+                               "precision": precision}
+    if args.check and example is not None:
+        x = _random_like(example)
+        deployed = _load_copy(out, onnx)
         with torch.no_grad():
-            ref, got = model(x), deployed(x)
-        scale = float(ref.abs().max().clamp_min(1e-12))
-        summary["max_abs_diff_vs_fp32_relative"] = float((got.float() - ref).abs().max()) / scale
+            ref = model(**x) if isinstance(x, dict) else model(x)
+            got = deployed(**x) if isinstance(x, dict) else deployed(x)
+        summary["max_abs_diff_vs_fp32_relative"] = _relative_diff(ref, got)
     print(aio.json_text(summary))
     return 0
 
 
+ONNX_FILES = ("model.onnx", "onnx.json")
+
+
+def _write_onnx(model: Any, example: Any, tmp: Any, source: str, shape: Any) -> None:
+    from rankwise.io.atomic import atomic_write_json
+    from rankwise.io.onnx_file import export_onnx
+
+    export_onnx(model, tmp / ONNX_FILES[0], example)
+    names = list(example) if isinstance(example, dict) else ["input"]
+    atomic_write_json(tmp / ONNX_FILES[1], {"command": "export", "source": str(source),
+                                            "input_shape": list(shape), "input_names": names,
+                                            "dtype": "float32", "dynamic": {"batch": 0}})
+
+
+def _load_copy(out: Any, onnx: bool) -> Any:
+    if onnx:
+        from rankwise.io.onnx_file import OnnxModel
+
+        return OnnxModel(out / ONNX_FILES[0])
+    from rankwise.io.export_precision import load_deploy
+
+    return load_deploy(out)
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "export", help="write a deployment copy (bf16 / channels_last / folded BN)",
-        description="Save MODEL_DIR again with deployment settings that load_deploy applies.")
+        "export", help="write a deployment copy (bf16 / channels_last / folded BN, or ONNX)",
+        description="Save MODEL_DIR again with deployment settings that load_deploy applies, "
+                    "or as a float32 ONNX graph for ONNX Runtime (--format onnx).")
     p.add_argument("path", help="a directory written by rankwise.save / decompose / train")
     p.add_argument("out", help="output directory")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--format", choices=("rankwise", "onnx"), default="rankwise",
+                   help="rankwise: model files + deployment settings; onnx: model.onnx "
+                        "(float32, needs the export extra)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="rankwise format: bf16 (default) or fp32; onnx: fp32 only")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers")
     p.add_argument("--check", action="store_true",
-                   help="run fp32 and the deployed copy once and print the output difference")
+                   help="run the float32 model and the copy on random inputs and print the "
+                        "largest output difference (relative)")
     p.set_defaults(func=export_command)

@@ -272,13 +272,29 @@ def test_latency_is_timed_against_the_dense_model_and_shown_as_a_ratio() -> None
     small = FORMATS["channel"].from_dense(dense[0], 2)
     lat = latency_vs_dense(nn.Sequential(small, *dense[1:]), dense, (3, 8, 8), 0.005, 1)
     assert set(lat) == {"latency_ms", "dense_latency_ms", "latency_bf16_ms",
-                        "dense_latency_bf16_ms", "latency_threads"}
+                        "dense_latency_bf16_ms", "latency_ort_ms", "dense_latency_ort_ms",
+                        "latency_threads"}
     assert all(v > 0 for v in lat.values())
     rows = suite_rows(("r20",), schedule="cpu40")
     metrics = {"acc": 90.0, "params": 10, "macs": 5, "flops_reference": 5, "latency_ms": 1.0,
-               "dense_latency_ms": 2.0, "latency_bf16_ms": 4.0, "dense_latency_bf16_ms": 3.0}
+               "dense_latency_ms": 2.0, "latency_bf16_ms": 4.0, "dense_latency_bf16_ms": 3.0,
+               "latency_ort_ms": 0.2, "dense_latency_ort_ms": 0.3, "latency_threads": 1}
     lines = model_table("resnet20", rows, {"r20-dense": {"metrics": metrics}})
-    assert "| 2.00 / 0.75 |" in next(line for line in lines if line.startswith("| dense"))
+    assert "| 2.00 / 0.75 / 1.50 |" in next(line for line in lines if line.startswith("| dense"))
+    assert ("Dense model at batch 1 (1 thread): 2.000 ms eager fp32, 3.000 ms eager bf16, "
+            "0.300 ms ONNX Runtime fp32.") in lines
+
+
+def test_latency_without_onnx_runtime_records_why_and_keeps_the_eager_pairs(monkeypatch) -> None:
+    import sys
+
+    from rankwise.bench.cifar10_collect import latency_vs_dense
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    dense = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    lat = latency_vs_dense(dense, dense, (3, 8, 8), 0.005, 1)
+    assert "latency_ort_ms" not in lat and "pip install" in lat["latency_ort_error"]
+    assert lat["latency_ms"] > 0 and lat["latency_bf16_ms"] > 0
 
 
 def test_cli_lists_pending_runs_of_one_schedule_and_refuses_an_unknown_one(

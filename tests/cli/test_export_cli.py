@@ -51,3 +51,32 @@ def test_export_bad_precision_is_one_line(tmp_path, capsys, flag):
     _saved(tmp_path)
     assert main(["export", str(tmp_path / "m"), str(tmp_path / "d"), flag]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_export_onnx_runs_in_onnx_runtime_like_float32(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from rankwise.io.onnx_file import OnnxModel
+
+    small = _saved(tmp_path)
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx",
+                 "--check"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "onnx" and summary["precision"] == "fp32"
+    assert summary["max_abs_diff_vs_fp32_relative"] < 1e-5
+    info = json.loads((tmp_path / "o" / "onnx.json").read_text())
+    assert info["input_shape"] == [3, 32, 32] and info["input_names"] == ["input"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = small.eval()(x)
+    got = OnnxModel(tmp_path / "o" / "model.onnx")(x)
+    assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    # an earlier ONNX export is this command's own output: replaced on request of the same path
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx"]) == 0
+
+
+def test_export_onnx_refuses_bf16_in_one_line(tmp_path, capsys):
+    _saved(tmp_path)
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx",
+                 "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "float32" in err[0] and not (tmp_path / "o").exists()
