@@ -26,7 +26,8 @@ from rankwise.bench.cifar10 import (
 from rankwise.bench.cifar10_evidence import SFW_EVIDENCE, TRP_ENERGY_EVIDENCE
 from rankwise.bench.papers import paper_row
 
-LATENCIES = ("", "_bf16", "_ort")  # result-file suffixes: eager fp32, eager bf16, ORT
+LATENCIES = ("", "_bf16", "_ort")  # result-file suffixes of the three deployments timed
+DEPLOYMENTS = ("eager fp32", "eager bf16", "ONNX Runtime fp32")
 HEADER = """## CIFAR-10: TRP, SFW and ELRT on ResNet-20 / ResNet-56 — `rankwise bench cifar10`
 
 Standard CIFAR ResNets (He et al. 2016: BasicBlock, option-A zero-padded identity shortcuts);
@@ -65,9 +66,8 @@ def _latency(m: dict[str, Any]) -> str:
 
 def _dense_times(m: dict[str, Any]) -> list[str]:
     """One line: the dense model's batch-1 times in the three deployments (its own file)."""
-    names = ("eager fp32", "eager bf16", "ONNX Runtime fp32")
     cells = [f"{_f(m.get(f'dense_latency{p}_ms'), '.3f')} ms {n}"
-             for p, n in zip(LATENCIES, names, strict=True) if m.get(f"dense_latency{p}_ms")]
+             for p, n in zip(LATENCIES, DEPLOYMENTS, strict=True) if m.get(f"dense_latency{p}_ms")]
     if not cells:
         return []
     threads = m.get("latency_threads")
@@ -227,7 +227,28 @@ def claims(rows: Sequence[BenchRow], results: dict[str, dict[str, Any]]) -> list
         out.append(f"- {r.label.replace(', truncated (no retraining)', '')} curve above SGD's: "
                    f"{verdict} (above at {', '.join(f'{x:g}' for x in above) or 'no ratio'}; "
                    f"below at {', '.join(f'{x:g}' for x in below) or 'no ratio'}).")
+    out += speed_claim(rows, results)
     return ["", "Claims, read off this table:", "", *out] if out else []
+
+
+def speed_claim(rows: Sequence[BenchRow], results: dict[str, dict[str, Any]]) -> list[str]:
+    """How many compressed rows (≥ 1.05× fewer MACs than dense, timed) run faster than dense
+    at batch 1, in each deployment of `LATENCIES`, with the best speed-up."""
+    found = [results[r.name]["metrics"] for r in rows if r.name in results]
+    dense_macs = next((results[r.name]["metrics"].get("macs") for r in rows
+                       if r.method == "dense" and r.name in results), None)
+    if not dense_macs:
+        return []
+    fewer = [m for m in found if m.get("macs") and dense_macs / m["macs"] >= 1.05]
+    parts = []
+    for suffix, name in zip(LATENCIES, DEPLOYMENTS, strict=True):
+        ratios = [m[f"dense_latency{suffix}_ms"] / m[f"latency{suffix}_ms"] for m in fewer
+                  if m.get(f"latency{suffix}_ms") and m.get(f"dense_latency{suffix}_ms")]
+        if ratios:
+            parts.append(f"{name} {sum(x > 1.0 for x in ratios)} of {len(ratios)} (best "
+                         f"{max(ratios):.2f}×)")
+    return [f"- compressed rows faster than dense at batch 1: {'; '.join(parts)}."] if parts \
+        else []
 
 
 def _schedule_text(schedule: str) -> str:
@@ -266,4 +287,5 @@ def render_section(results_root: Path) -> str:
     return section(results_root)
 
 
-__all__ = ["model_table", "provenance", "render_section", "section", "sweep_table"]
+__all__ = ["model_table", "provenance", "render_section", "section", "speed_claim",
+           "sweep_table"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -319,3 +320,26 @@ def test_resnet56_runs_the_issue_rows_and_the_equal_macs_baseline_only() -> None
     assert not any("e97" in n or "trpnu-nc-ft" in n for n in r56)
     r20 = {r.name for r in suite_rows(("r20",), schedule="cpu60")}
     assert "r20-trpnu-nc-e97-m10-cpu60" in r20 and "r20-trpnu-nc-ft-cpu60" in r20
+
+
+def test_speed_claim_counts_compressed_rows_faster_than_dense_per_deployment() -> None:
+    from rankwise.bench.cifar10_report import speed_claim
+
+    rows = suite_rows(("r20",), schedule="cpu60")
+    times = {"dense_latency_ms": 2.0, "dense_latency_bf16_ms": 1.0, "dense_latency_ort_ms": 0.5}
+
+    def result(macs: int, fp32: float, bf16: float, ort: float | None) -> dict[str, Any]:
+        m = {"macs": macs, "latency_ms": fp32, "latency_bf16_ms": bf16, **times}
+        if ort is not None:
+            m["latency_ort_ms"] = ort
+        return {"metrics": m}
+
+    results = {"r20-dense-cpu60": result(100, 2.0, 1.0, 0.5),
+               "r20-trp-nc-cpu60": result(20, 1.0, 2.0, 0.25),   # 5x fewer MACs
+               "r20-trp-vh-cpu60": result(50, 4.0, 0.5, None),   # not timed in ORT
+               "r20-sfw-nuc-cpu60": result(99, 1.0, 0.5, 0.1)}   # not compressed: left out
+    assert speed_claim(rows, results) == [
+        "- compressed rows faster than dense at batch 1: eager fp32 1 of 2 (best 2.00×); "
+        "eager bf16 1 of 2 (best 2.00×); ONNX Runtime fp32 1 of 1 (best 2.00×)."]
+    del results["r20-dense-cpu60"]
+    assert speed_claim(rows, results) == []
