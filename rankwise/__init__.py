@@ -1,7 +1,8 @@
 """rankwise: low-rank training and compression of neural networks in PyTorch.
 
 The user-facing verbs are re-exported lazily (importing `rankwise` stays cheap):
-`decompose`, `to_dense`/`reconstruct`, `DecomposeReport` (surgery); `save`, `load` (io);
+`decompose`, `to_dense`/`reconstruct`, `DecomposeReport` (surgery); `save`, `load`,
+`export_onnx`, `OnnxModel` (io);
 `profile_model`, `ModelProfile` (profile); the rank policies and `parse_rank` (rank); the
 loop-agnostic methods `TRP`, `ELRT`, `SFW` (+ `build_sfw`, `sfw_finalize`, `sfw_sweep`),
 `EffectiveRankRegularizer`, `NuclearRegularizer`, `SubspaceTraining` and their configs.
@@ -21,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "DecomposeReport": "rankwise.surgery.decompose",
     "save": "rankwise.io.model_file",
     "load": "rankwise.io.model_file",
+    "export_onnx": "rankwise.io.onnx_file",
+    "OnnxModel": "rankwise.io.onnx_file",
     "profile_model": "rankwise.analysis.profile",
     "ModelProfile": "rankwise.analysis.profile",
     "Fixed": "rankwise.surgery.rank",

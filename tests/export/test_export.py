@@ -111,6 +111,18 @@ def test_onnx_dynamo_export_runs_in_onnxruntime(nets, exported, tmp_path):
     torch.testing.assert_close(torch.from_numpy(out), model(x), **TOL)
 
 
+def test_rankwise_onnx_export_keeps_every_format_at_any_batch(nets, tmp_path):
+    require("onnxscript")
+    require("onnxruntime")
+    from rankwise.io.onnx_file import OnnxModel, export_onnx
+
+    _, model, x = nets
+    runner = OnnxModel(export_onnx(model, tmp_path / "m.onnx", x))
+    for batch in (1, 5):
+        xb = torch.randn(batch, *x.shape[1:])
+        torch.testing.assert_close(runner(xb), model(xb), **TOL)
+
+
 def test_state_dict_round_trip_from_specs(nets):
     _, model, x = nets
     fresh = dense_net()
