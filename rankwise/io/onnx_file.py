@@ -54,8 +54,13 @@ def _inputs(example: torch.Tensor | Mapping[str, torch.Tensor] | tuple[torch.Ten
     return args, {}, ["input" if i == 0 else f"input_{i}" for i in range(len(args))]
 
 
+def _on_cpu(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of `t`, floating tensors in float32 (the graph's dtype)."""
+    return (t.float() if t.is_floating_point() else t).cpu()
+
+
 def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> bytes:
-    """The serialized ONNX graph of `model` (a float32 eval-mode copy) traced on `example`,
+    """The serialized ONNX graph of `model` (a float32 eval-mode CPU copy) traced on `example`,
     with a dynamic batch dimension (dim 0) on every input tensor."""
     try:
         import onnxscript  # noqa: F401 - the exporter's graph builder
@@ -68,12 +73,12 @@ def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> byte
     if size >= 2**31:
         raise ConfigError(f"ONNX export: {type(model).__name__} holds {size / 2**30:.1f} GiB of "
                           "float32 tensors; one ONNX file holds at most 2 GiB (protobuf)")
-    model = copy.deepcopy(model).float().eval()
+    model = copy.deepcopy(model).float().cpu().eval()
     batch = torch.export.Dim("batch", min=1)
     dims = [{0: batch} for _ in names]
     shapes: Any = dict(zip(names, dims, strict=True)) if kwargs else tuple(dims)
-    args = tuple(t.float() if t.is_floating_point() else t for t in args)
-    kwargs = {k: t.float() if t.is_floating_point() else t for k, t in kwargs.items()}
+    args = tuple(_on_cpu(t) for t in args)
+    kwargs = {k: _on_cpu(t) for k, t in kwargs.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecations
         warnings.simplefilter("ignore", DeprecationWarning)
