@@ -211,8 +211,9 @@ def claims(rows: Sequence[BenchRow], results: dict[str, dict[str, Any]]) -> list
             # at equal MACs, or against a decomposition at least as compressed as this row
             beats = m["acc"] > d["acc"] and (matched is not None or speed >= d_speed * 0.97)
             where = "at the same MACs" if matched is not None else "at the paper's FLOPs"
+            tie = m["acc"] == d["acc"]
             text += (f"; beats decomposition + fine-tuning {where} ({d['acc']:.2f} at "
-                     f"{d_speed:.2f}×): {'yes' if beats else 'no'}")
+                     f"{d_speed:.2f}×): {'yes' if beats else 'no, a tie' if tie else 'no'}")
         out.append(text + ".")
     sgd = next((metrics(r).get("sweep") for r in rows if r.method == "sgd-sweep"), None)
     for r in rows:

@@ -343,3 +343,13 @@ def test_speed_claim_counts_compressed_rows_faster_than_dense_per_deployment() -
         "eager bf16 1 of 2 (best 2.00×); ONNX Runtime fp32 1 of 1 (best 2.00×)."]
     del results["r20-dense-cpu60"]
     assert speed_claim(rows, results) == []
+
+
+def test_an_equal_accuracy_at_the_same_macs_is_called_a_tie() -> None:
+    rows = suite_rows(("r20",), schedule="cpu40")
+    matched = next(r for r in rows if r.notes.get("at_macs_of") == "r20-trpnu-nc")
+    results = {"r20-dense": {"metrics": {"acc": 91.0, "flops_reference": 400}},
+               "r20-trpnu-nc": {"metrics": {"acc": 79.13, "flops_reference": 65}},
+               matched.name: {"metrics": {"acc": 79.13, "flops_reference": 66}}}
+    line = next(x for x in claims(rows, results) if x.startswith("- TRP+Nu NC:"))
+    assert line.endswith("at the same MACs (79.13 at 6.06×): no, a tie.")
