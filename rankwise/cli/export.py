@@ -48,7 +48,9 @@ def export_command(args: argparse.Namespace) -> int:
     precision = args.precision or ("fp32" if onnx else "bf16")
     out = aio.check_replaceable(args.out, replace_if := output_of("export", *ONNX_FILES))
     config = io.read_config(args.path)
-    model = io.load(args.path).eval()
+    from rankwise.compress.artifact import load_compressed  # plain or `compress` output
+
+    model = load_compressed(args.path).eval()
     shape = io.saved_input_shape(args.path)
     if onnx and shape is None:
         raise ConfigError(f"{args.path}: model.json records no input shape, which the ONNX "
@@ -107,7 +109,8 @@ def register(subparsers: Any) -> None:
         "export", help="write a deployment copy (bf16 / channels_last / folded BN, or ONNX)",
         description="Save MODEL_DIR again with deployment settings that load_deploy applies, "
                     "or as a float32 ONNX graph for ONNX Runtime (--format onnx).")
-    p.add_argument("path", help="a directory written by rankwise.save / decompose / train")
+    p.add_argument("path", help="a directory written by rankwise.save / decompose / train / "
+                   "compress (int8 and entropy-coded weights are exported dequantized)")
     p.add_argument("out", help="output directory")
     p.add_argument("--format", choices=("rankwise", "onnx"), default="rankwise",
                    help="rankwise: model files + deployment settings; onnx: model.onnx "

@@ -80,3 +80,26 @@ def test_export_onnx_refuses_bf16_in_one_line(tmp_path, capsys):
                  "--precision", "bf16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "float32" in err[0] and not (tmp_path / "o").exists()
+
+
+def test_export_takes_an_entropy_coded_compress_output(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from rankwise.compress.artifact import load_compressed, save_compressed
+    from rankwise.compress.pipeline import PipelineConfig, run_pipeline
+
+    torch.manual_seed(0)
+    model = rankwise.create_model("resnet20", width=4).eval()
+    cfg = PipelineConfig(lowrank="channel:ratio:0.5", quantize="int8", entropy_code="zstd")
+    result = run_pipeline(model, cfg, (3, 32, 32))
+    save_compressed(result, tmp_path / "c", arch="resnet20", arch_kwargs={"width": 4},
+                    input_shape=(3, 32, 32))
+    assert main(["export", str(tmp_path / "c"), str(tmp_path / "o"), "--format", "onnx",
+                 "--check"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_diff_vs_fp32_relative"] < 1e-5
+    from rankwise.io.onnx_file import OnnxModel
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = load_compressed(tmp_path / "c")(x)  # the dequantized weights, as stored
+    got = OnnxModel(tmp_path / "o" / "model.onnx")(x)
+    assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
