@@ -65,8 +65,7 @@ def export_command(args: argparse.Namespace) -> int:
             save_deploy(model, tmp, precision=precision,
                         channels_last=not args.no_channels_last, fold_bn=not args.no_fold_bn,
                         arch=config.get("arch"), arch_kwargs=config.get("arch_kwargs"),
-                        input_shape=shape,
-                        meta={**(config.get("meta") or {}), "command": "export"})
+                        input_shape=shape, meta=_export_meta(config, args.path))
     summary: dict[str, Any] = {"path": str(args.path), "out": str(out), "format": args.format,
                                "precision": precision}
     if args.check and example is not None:
@@ -81,6 +80,13 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 ONNX_FILES = ("model.onnx", "onnx.json")
+
+
+def _export_meta(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """The source's `meta` for the float32 copy, without `compressed` (the copy holds plain
+    float32 weights, no int8 or coded artifact), with `command` and `source` set."""
+    meta = {k: v for k, v in (config.get("meta") or {}).items() if k != "compressed"}
+    return {**meta, "command": "export", "source": str(source)}
 
 
 def _write_onnx(model: Any, example: Any, tmp: Any, source: str, shape: Any) -> None:

@@ -103,3 +103,7 @@ def test_export_takes_an_entropy_coded_compress_output(tmp_path, capsys):
         ref = load_compressed(tmp_path / "c")(x)  # the dequantized weights, as stored
     got = OnnxModel(tmp_path / "o" / "model.onnx")(x)
     assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    # the rankwise-format copy holds plain float32 weights: it loads as a plain model
+    assert main(["export", str(tmp_path / "c"), str(tmp_path / "f"), "--precision", "fp32"]) == 0
+    with torch.no_grad():
+        assert torch.equal(load_compressed(tmp_path / "f")(x), ref)
