@@ -20,6 +20,7 @@ from rankwise.analysis.macs import Inputs, call_model
 from rankwise.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
+RUNTIMES = ("torch", "onnxruntime")  # eager PyTorch, or the ONNX graph in ONNX Runtime
 
 
 @contextmanager
@@ -106,3 +107,13 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int] | None, batch_s
     q1, med, q3 = (float(v) for v in torch.quantile(t, torch.tensor([0.25, 0.5, 0.75],
                                                                      dtype=torch.float64)))
     return {"median_ms": 1e3 * med, "iqr_ms": 1e3 * (q3 - q1), "blocks": float(len(times))}
+
+
+def onnx_runner(model: nn.Module, input_shape: Sequence[int], example_inputs: Inputs | None = None
+                ) -> nn.Module:
+    """`model` as a float32 ONNX graph run by ONNX Runtime (`io.onnx_file.OnnxModel`, batch
+    dimension dynamic, as many intra-op threads as torch uses): time it like any model."""
+    from rankwise.io.onnx_file import OnnxModel, onnx_bytes
+
+    example = example_inputs if example_inputs is not None else example_input(model, input_shape)
+    return OnnxModel(onnx_bytes(model, example), torch.get_num_threads())

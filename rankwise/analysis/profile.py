@@ -22,7 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.analysis.latency import PRECISIONS, eval_mode, example_input, measure_latency
+from rankwise.analysis.latency import (
+    PRECISIONS,
+    RUNTIMES,
+    eval_mode,
+    example_input,
+    measure_latency,
+    onnx_runner,
+)
 from rankwise.analysis.macs import Inputs, count_macs, own_macs
 from rankwise.errors import ConfigError
 from rankwise.layers.base import FactorizedLayer
@@ -118,6 +125,7 @@ class ModelProfile:
     latency: dict[int, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
     precision: str = "fp32"
+    runtime: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data."""
@@ -132,6 +140,7 @@ class ModelProfile:
             "params": self.params,
             "macs": self.macs,
             "precision": self.precision,
+            "runtime": self.runtime,
             "latency_ms": {str(b): dict(v) for b, v in self.latency.items()},
             "baseline": None if self.baseline is None else {
                 **self.baseline,
@@ -165,7 +174,9 @@ class ModelProfile:
             for bs, s in b.get("speedup", {}).items():
                 lines.append(f"  speedup at batch {bs}: {s:.2f}×")
         for bs, v in self.latency.items():
-            lines.append(f"latency batch {bs} ({self.precision}): median {v['median_ms']:.3f} ms, "
+            where = self.precision if self.runtime == "torch" else \
+                f"{self.precision}, {self.runtime}"
+            lines.append(f"latency batch {bs} ({where}): median {v['median_ms']:.3f} ms, "
                          f"IQR {v['iqr_ms']:.3f} ms")
         return Group(table, *lines)
 
@@ -277,11 +288,13 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
                   baseline: nn.Module | ModelProfile | None = None, latency: bool = True,
                   batch_sizes: Sequence[int] = (1, 8), device: torch.device | str = "cpu",
                   min_run_time: float = 0.2, example_inputs: Inputs | None = None,
-                  precision: str = "fp32") -> ModelProfile:
+                  precision: str = "fp32", runtime: str = "torch") -> ModelProfile:
     """Profile `model` on inputs of shape `(B, *input_shape)` (zeros), or on `example_inputs`
     (tensor / tuple / dict of keyword inputs, re-batched to each `B` for latency).
 
-    `precision`: "fp32", or "bf16" (latency under bfloat16 autocast, on CPU too). `baseline`
+    `precision`: "fp32", or "bf16" (latency under bfloat16 autocast, on CPU too). `runtime`:
+    "torch" (eager), or "onnxruntime" (the model exported to a float32 ONNX graph and timed in
+    ONNX Runtime on CPU, `io.onnx_file`; fp32 only). `baseline`
     (a dense model or its profile) adds `params_ratio`, `macs_ratio` and, when both have latency,
     `speedup` per batch size (= baseline median / model median). The model is moved to `device`
     on a copy when it lives elsewhere; the caller's model is not modified. A model on the meta
@@ -292,6 +305,11 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
                           " or example_inputs=")
     if precision not in PRECISIONS:
         raise ConfigError(f"profile_model: precision={precision!r}, choose one of {PRECISIONS}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"profile_model: runtime={runtime!r}, choose one of {RUNTIMES}")
+    if runtime == "onnxruntime" and (precision != "fp32" or torch.device(device).type != "cpu"):
+        raise ConfigError("profile_model: runtime='onnxruntime' times the float32 graph on CPU; "
+                          "pass precision='fp32' and device='cpu' (CLI: --precision fp32)")
     p = next(iter(model.parameters()), None)
     if p is not None and p.is_meta:
         if latency:
@@ -307,17 +325,19 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
     else:
         shape = tuple(int(s) for s in input_shape or ())
     rows, params, macs = count(model, shape, example_inputs)
-    prof = ModelProfile(rows, params, macs, shape, precision=precision)
+    prof = ModelProfile(rows, params, macs, shape, precision=precision, runtime=runtime)
     if latency:
+        timed = model if runtime == "torch" else onnx_runner(model, shape, example_inputs)
         for bs in batch_sizes:
-            prof.latency[int(bs)] = measure_latency(model, shape, int(bs), dev, min_run_time,
+            prof.latency[int(bs)] = measure_latency(timed, shape, int(bs), dev, min_run_time,
                                                     example_inputs=example_inputs,
                                                     precision=precision)
     if baseline is not None:
         if isinstance(baseline, nn.Module):
             baseline = profile_model(baseline, shape, latency=latency, batch_sizes=batch_sizes,
                                      device=device, min_run_time=min_run_time,
-                                     example_inputs=example_inputs, precision=precision)
+                                     example_inputs=example_inputs, precision=precision,
+                                     runtime=runtime)
         prof.baseline = {
             "params": baseline.params,
             "macs": baseline.macs,

@@ -160,13 +160,13 @@ def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[i
 
 
 def _ort_pair(dense: nn.Module, model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
-    """`dense` and `model` exported to float32 ONNX and loaded in ONNX Runtime, as many intra-op
-    threads as torch uses here."""
-    from rankwise.io.onnx_file import OnnxModel, onnx_bytes, onnxruntime
+    """`dense` and `model` as float32 ONNX graphs in ONNX Runtime (`analysis.latency.onnx_runner`),
+    as many intra-op threads as torch uses here."""
+    from rankwise.analysis.latency import onnx_runner
+    from rankwise.io.onnx_file import onnxruntime
 
     onnxruntime()  # before exporting: ConfigError with the install hint when it is missing
-    threads = torch.get_num_threads()
-    return [OnnxModel(onnx_bytes(m, x), threads) for m in (dense, model)]
+    return [onnx_runner(m, tuple(x.shape[1:]), x) for m in (dense, model)]
 
 
 def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],

@@ -96,7 +96,7 @@ def profile_command(args: argparse.Namespace) -> int:
                          batch_sizes=batch_sizes, device=args.device,
                          min_run_time=args.min_run_time,
                          example_inputs=None if isinstance(inputs, torch.Tensor) else inputs,
-                         precision=args.precision)
+                         precision=args.precision, runtime=args.runtime)
     if args.json:
         from rankwise.io.atomic import json_text
 
@@ -120,6 +120,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the timing runs")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="latency in fp32 or under bf16 autocast (default fp32)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="time eager PyTorch, or the model exported to a float32 ONNX graph in "
+                        "ONNX Runtime (needs the export extra; fp32 only)")
     p.add_argument("--json", action="store_true", help="print plain JSON instead of a table")
     p.add_argument("--batch-sizes", default="1,8", help="batch sizes to time (default 1,8)")
     p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing (0.2)")

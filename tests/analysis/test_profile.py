@@ -95,6 +95,35 @@ def test_latency_fields_eval_mode_restored_and_baseline():
     assert "latency batch 1" in buf.getvalue() and "vs dense baseline" in buf.getvalue()
 
 
+def test_onnx_runtime_latency_times_the_exported_graph(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import rankwise.analysis.profile as profile
+
+    model = small_cnn().eval()
+    new, _ = decompose(model, "channel", Ratio(0.25), input_shape=(3, 8, 8))
+    built = []
+
+    def spy(m, shape, example=None):
+        built.append(m)
+        return real(m, shape, example)
+
+    real = profile.onnx_runner
+    monkeypatch.setattr(profile, "onnx_runner", spy)
+    prof = profile_model(new, (3, 8, 8), baseline=model, batch_sizes=(1, 3), min_run_time=0.01,
+                         runtime="onnxruntime")
+    assert built == [new, model]  # both timed as ONNX graphs, at every batch size
+    assert prof.runtime == "onnxruntime" and set(prof.baseline["speedup"]) == {1, 3}
+    assert all(v["median_ms"] > 0 for v in prof.latency.values())
+    assert prof.to_dict()["runtime"] == "onnxruntime"
+    buf = _io.StringIO()
+    Console(file=buf, width=160).print(prof)
+    assert "latency batch 3 (fp32, onnxruntime)" in buf.getvalue()
+    with pytest.raises(ConfigError, match="float32 graph on CPU"):
+        profile_model(new, (3, 8, 8), runtime="onnxruntime", precision="bf16")
+    with pytest.raises(ConfigError, match="runtime='tensorrt'"):
+        profile_model(new, (3, 8, 8), runtime="tensorrt")
+
+
 def test_bad_input_shape():
     with pytest.raises(ConfigError, match="input_shape"):
         profile_model(small_cnn(), (4, 8, 8), latency=False)

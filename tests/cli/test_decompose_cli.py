@@ -113,6 +113,16 @@ def test_profile_model_name_with_latency(zoo, capsys):
     assert "latency batch 1" in capsys.readouterr().out
 
 
+def test_profile_in_onnx_runtime(zoo, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["profile", "tiny", "--batch-sizes", "1", "--min-run-time", "0.01",
+                 "--runtime", "onnxruntime", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runtime"] == "onnxruntime" and out["latency_ms"]["1"]["median_ms"] > 0
+    assert main(["profile", "tiny", "--runtime", "onnxruntime", "--precision", "bf16"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_real_zoo_resnet20_when_available(tmp_path, capsys):
     if not hasattr(rankwise.models, "create_model"):
         pytest.skip("rankwise.models.create_model not written yet")
