@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from rankwise.errors import CheckpointError
+from rankwise.io.model_file import file_sha256
 from rankwise.io.state_file import load_state_file
 
 
@@ -32,11 +33,16 @@ def init_source(path: str | os.PathLike[str]) -> Path:
                           "state dict; pickled .pt files are not read")
 
 
-def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def load_init_weights(model: nn.Module, path: str | os.PathLike[str],
+                      sha256: str | None = None) -> Path:
     """Copy the weights named by `--init path` into `model` (every parameter and buffer, strict);
     returns the file read. A corrupt file or a missing, extra or differently shaped tensor raises
-    `CheckpointError` naming the first few."""
+    `CheckpointError` naming the first few; so does a file whose sha256 is no longer `sha256`
+    (the digest the run recorded when it started)."""
     file = init_source(path)
+    if sha256 is not None and file_sha256(file) != sha256:
+        raise CheckpointError(f"--init {file} changed after the run recorded its sha256 "
+                              f"{sha256[:12]}…; start the run again")
     load_state_file(model, file, "pass a trained model of the same zoo architecture, width and "
                     "number of classes (dense, not factorized)")
     return file

@@ -139,10 +139,10 @@ def run(config: RunConfig) -> dict[str, Any]:
             raise ConfigError(f"--init: method {method.name!r} builds its factorized layers "
                               "from scratch and never holds the dense weights; drop --init, or "
                               "decompose the trained model with `rankwise decompose`")
-        file = init_source(model_cfg.init)
         from rankwise.io.model_file import file_sha256
 
-        model_meta["init"] = {"path": str(model_cfg.init), "sha256": file_sha256(file)}
+        model_meta["init"] = {"path": str(model_cfg.init),
+                              "sha256": file_sha256(init_source(model_cfg.init))}
     meta = {"model": model_meta,
             "input_shape": list(train_data.shape), "dataset": spec, "method": method.name,
             "method_config": method_config_dict(method, mcfg), "rankwise_version": _version()}
@@ -179,7 +179,7 @@ def _train(create_model, trainer_cls, method, mcfg, model_cfg: ModelConfig,
     else:
         model = create_model(model_cfg.name, **kwargs)
         if model_cfg.init is not None and not resume:  # a resumed run has its checkpoint
-            load_init_weights(model, model_cfg.init)
+            load_init_weights(model, model_cfg.init, meta["model"]["init"]["sha256"])
     model = method.prepare_model(model, mcfg, train_data.shape)
     trainer = trainer_cls(model, train, train_data, test_data, write_dir,
                           hooks=method.hooks(mcfg),

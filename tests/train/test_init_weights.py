@@ -56,3 +56,16 @@ def test_init_refuses_what_does_not_fit(tmp_path):
         load_init_weights(model, tmp_path / "bad.safetensors")
     with pytest.raises(ConfigError, match="builds its factorized layers"):
         _run(tmp_path / "e", init=tmp_path / "bad.safetensors", method="elrt")
+
+
+def test_init_weights_that_changed_after_the_digest_are_refused(tmp_path):
+    from rankwise.io.model_file import file_sha256
+
+    model = create_model("mlp", num_classes=10, in_channels=3)
+    file = tmp_path / "w.safetensors"
+    save_file(dict(model.state_dict()), str(file))
+    digest = file_sha256(file)
+    load_init_weights(model, file, digest)  # unchanged: loads
+    save_file({k: v + 1 for k, v in model.state_dict().items()}, str(file))
+    with pytest.raises(CheckpointError, match="changed after the run recorded its sha256"):
+        load_init_weights(model, file, digest)
