@@ -148,12 +148,13 @@ def format_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def rank_of(args: argparse.Namespace) -> str:
-    """`--rank`, or `budget:latency_ms=MS,precision=P` from `--target-latency MS`."""
+    """`--rank`, or `budget:latency_ms=MS,precision=P[,runtime=R]` from `--target-latency MS`."""
     if args.target_latency is None:
         return args.rank
     if args.target_latency <= 0:
         raise ConfigError(f"--target-latency {args.target_latency}: pass milliseconds > 0")
-    return f"budget:latency_ms={args.target_latency:g},precision={args.latency_precision}"
+    runtime = "" if args.latency_runtime == "torch" else f",runtime={args.latency_runtime}"
+    return f"budget:latency_ms={args.target_latency:g},precision={args.latency_precision}{runtime}"
 
 
 def after_decompose(args: argparse.Namespace, model: nn.Module, report: Any,
@@ -243,6 +244,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measured-latency budget in ms at batch 8, 1 thread (replaces --rank)")
     p.add_argument("--latency-precision", choices=("fp32", "bf16"), default="fp32",
                    help="precision the --target-latency is measured in (default fp32)")
+    p.add_argument("--latency-runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="what the --target-latency is measured in: eager PyTorch (default) or "
+                        "ONNX Runtime on float32 ONNX graphs (deploy with export --format onnx)")
     p.add_argument("--format-option", action="append", default=[], metavar="FMT.KEY=VALUE",
                    help="option of one format's from_dense, e.g. cp.n_iter_max=50; repeatable")
     p.add_argument("--include", action="append", default=[],

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rankwise.analysis.latency import RUNTIMES, onnx_runner
 from rankwise.analysis.profile import trace_inputs
 from rankwise.errors import ConfigError
 from rankwise.io.export_precision import (
@@ -67,7 +68,9 @@ class LatencyBudget:
     `align`: rank multiple (default 16 fp32, 32 bf16). `min_gain`: an option must be at least
     this fraction faster than the dense layer in the table. `measure=False` never times: missing
     entries use `analytic_ms`. `table`: a ready table (tests, offline use); `fixed_ms`: time
-    outside the candidate layers, if known (else measured from the dense model).
+    outside the candidate layers, if known (else measured from the dense model). `runtime`:
+    "torch" (eager, deployed with `to_deploy`) or "onnxruntime" (every layer option and the
+    dense model run as float32 ONNX graphs in ONNX Runtime; fp32 only).
     """
 
     ratio: float | None = None
@@ -82,6 +85,7 @@ class LatencyBudget:
     measure: bool = True
     cache_dir: str | None = None
     fixed_ms: float | None = None
+    runtime: str = "torch"
     table: LatencyTable | None = field(default=None, compare=False, repr=False)
 
     metric: ClassVar[str] = "latency"
@@ -99,6 +103,13 @@ class LatencyBudget:
             raise ConfigError(f"--target-latency must be > 0 ms, got {self.target_ms}")
         object.__setattr__(self, "precision", check_precision(self.precision))
         object.__setattr__(self, "formats", tuple(self.formats))
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"LatencyBudget: runtime={self.runtime!r}, choose one of {RUNTIMES}")
+        if self.runtime == "onnxruntime":
+            if self.precision != "fp32":
+                raise ConfigError("LatencyBudget: runtime='onnxruntime' times float32 graphs; "
+                                  f"precision={self.precision!r} is not one (use fp32)")
+            object.__setattr__(self, "channels_last", False)  # ONNX Runtime picks its layout
         bad = [f for f in self.formats if f not in CONV_FORMATS]
         if bad or self.batch < 1 or self.threads < 1 or not 0.0 <= self.min_gain < 1.0:
             raise ConfigError(f"LatencyBudget: formats {bad} not in {CONV_FORMATS}, or batch "
@@ -110,12 +121,15 @@ class LatencyBudget:
                           "rankwise.surgery.latency_budget.allocate_latency, not per layer")
 
     def key(self) -> TableKey:
-        return TableKey.here(self.precision, self.threads, self.batch, self.channels_last)
+        return TableKey.here(self.precision, self.threads, self.batch, self.channels_last,
+                             self.runtime)
 
     def __str__(self) -> str:
         head = (f"budget:latency={self.ratio!r}" if self.ratio is not None
                 else f"budget:latency_ms={self.target_ms!r}")
-        return f"{head},precision={self.precision},batch={self.batch},threads={self.threads}"
+        tail = "" if self.runtime == "torch" else f",runtime={self.runtime}"
+        return (f"{head},precision={self.precision},batch={self.batch},threads={self.threads}"
+                + tail)
 
 
 _LAT = re.compile(r"budget:latency(_ms)?=([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)((?:,[a-z_]+=[^,]+)*)")
@@ -130,10 +144,10 @@ def parse_latency_budget(text: str) -> LatencyBudget | None:
     kw: dict[str, Any] = {"target_ms" if m.group(1) else "ratio": float(m.group(2))}
     for part in filter(None, m.group(3).split(",")):
         k, v = part.split("=", 1)
-        if k not in ("precision", "batch", "threads"):
+        if k not in ("precision", "batch", "threads", "runtime"):
             raise ConfigError(f"rank {text!r}: unknown latency-budget option {k!r}; use "
-                              "precision=, batch=, threads=")
-        kw[k] = v if k == "precision" else int(v)
+                              "precision=, batch=, threads=, runtime=")
+        kw[k] = v if k in ("precision", "runtime") else int(v)
     return LatencyBudget(**kw)
 
 
@@ -185,12 +199,16 @@ def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence
                    policy: LatencyBudget, rounds: int = 3) -> float:
     """Share of the deployed dense model's time spent outside the convs `names`.
 
-    The model (`to_deploy` in the policy's precision) and the convs alone (each run on the
-    input it gets in the model) are timed interleaved, so the share does not depend on the load
-    at the time; the allocator scales it to the table's units:
-    `fixed_ms = share / (1 − share) · Σ dense conv ms`.
+    The model (`to_deploy` in the policy's precision, or its ONNX graph in ONNX Runtime) and the
+    convs alone (each run on the input it gets in the model; in ONNX Runtime each in a session
+    of its own) are timed interleaved, so the share does not depend on the load at the time; the
+    allocator scales it to the table's units: `fixed_ms = share / (1 − share) · Σ dense conv ms`.
+    In ONNX Runtime the lone convs can take longer than the whole graph (session overhead, no
+    conv + BN + ReLU fusion): the share is then negative, down to −1, which removes that excess.
     """
-    d = to_deploy(model, policy.precision, policy.channels_last).model
+    onnx = policy.runtime == "onnxruntime"
+    d = copy.deepcopy(model).float().eval() if onnx else \
+        to_deploy(model, policy.precision, policy.channels_last).model
     x = prepare_input(torch.randn((policy.batch, *input_shape)), policy.precision,
                       policy.channels_last)
     mods = {n: d.get_submodule(n) for n in names}
@@ -204,21 +222,25 @@ def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence
     shared: dict[tuple[Any, ...], torch.Tensor] = {}  # one input tensor per distinct shape
     for n, t in inputs.items():
         inputs[n] = shared.setdefault((tuple(t.shape), t.dtype), t)
-
-    def convs_only() -> None:
-        for n, m in mods.items():
-            if n in inputs:
-                m(inputs[n])
-
     old = torch.get_num_threads()
     torch.set_num_threads(policy.threads)
     try:
+        if onnx:  # built with the policy's thread count: the sessions keep it
+            d = onnx_runner(d, tuple(input_shape), x)
+            mods = {n: onnx_runner(m, tuple(inputs[n].shape[1:]), inputs[n])
+                    for n, m in mods.items() if n in inputs}
+
+        def convs_only() -> None:
+            for n, m in mods.items():
+                if n in inputs:
+                    m(inputs[n])
+
         with precision_context(policy.precision):
             total, convs = interleaved_ms([lambda: d(x), convs_only], rounds=rounds,
                                           block_s=0.0, clock=clock_for(policy.threads))
     finally:
         torch.set_num_threads(old)
-    return min(0.95, max(0.0, 1.0 - convs / total))
+    return min(0.95, max(-1.0 if onnx else 0.0, 1.0 - convs / total))
 
 
 def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from rankwise.analysis.latency import onnx_runner
 from rankwise.errors import ConfigError
 from rankwise.io.export_precision import precision_context, prepare_input, prepare_module
 from rankwise.layers import FORMATS
@@ -146,13 +147,18 @@ def interleaved_ms(fns: Sequence[Callable[[], object]], rounds: int = 5,
 
 def measure_layer(spec: ConvSpec, input_hw: Pair, options: Sequence[Option], precision: str,
                   batch: int, channels_last: bool, rounds: int = 5,
-                  seed: int = 0, threads: int = 1) -> dict[Option, float]:
+                  seed: int = 0, threads: int = 1, onnx: bool = False) -> dict[Option, float]:
     """Measured ms of each option on a random `(batch, c, H, W)` input, interleaved
-    (`clock_for(threads)`; the caller sets torch's thread count)."""
+    (`clock_for(threads)`; the caller sets torch's thread count). `onnx`: each option exported
+    to a float32 ONNX graph and run alone in ONNX Runtime (`analysis.latency.onnx_runner`);
+    a lone session adds the same few µs to every option of a layer."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, spec.in_channels, *input_hw), generator=gen)
-    x = prepare_input(x, precision, channels_last)
-    mods = [prepare_module(build_option(spec, o), precision, channels_last) for o in options]
+    if onnx:
+        mods = [onnx_runner(build_option(spec, o), tuple(x.shape[1:]), x) for o in options]
+    else:
+        x = prepare_input(x, precision, channels_last)
+        mods = [prepare_module(build_option(spec, o), precision, channels_last) for o in options]
     with precision_context(precision):
         ms = interleaved_ms([lambda m=m: m(x) for m in mods], rounds=rounds,
                             clock=clock_for(threads))
@@ -175,7 +181,7 @@ def fill_table(table: LatencyTable, layers: dict[str, tuple[ConvSpec, Pair, list
         done.add(lk)
         with _threads(k.threads):
             ms = measure_layer(spec, hw, options, k.precision, k.batch, k.channels_last, rounds,
-                               threads=k.threads)
+                               threads=k.threads, onnx=k.onnx)
         for o, v in ms.items():
             table.put(lk, o, v)
         timed += 1

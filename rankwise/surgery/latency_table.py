@@ -4,7 +4,8 @@ Entries are keyed by *layer* (conv arguments + input H×W: ResNet-50 has ~25 dis
 *option* (`"dense"`, `"channel:32"`, `"spatial:48"`, `"tucker2:32,16"`); the value is the median
 milliseconds of one forward pass of that layer at the table's batch size. A table belongs to one
 `TableKey` — CPU model and kernel flags, torch's CPU dispatch level, torch version, precision,
-threads, batch, memory format — and lives in `cache_dir/<sha of the key>.json`; a file whose
+threads, batch, memory format, and the runtime (eager PyTorch, or ONNX Runtime and its
+version) — and lives in `cache_dir/<sha of the key>.json`; a file whose
 stored key differs from the one asked for is ignored (and rewritten on the next save), so a new
 torch, another CPU or another thread count never reuses stale timings.
 
@@ -53,18 +54,31 @@ class TableKey:
     capability: str = ""
     torch: str = ""
     schema: int = SCHEMA
+    runtime: str = "torch"  # or "onnxruntime <version>": the layers run as ONNX graphs
 
     @classmethod
     def here(cls, precision: str, threads: int, batch: int,
-             channels_last: bool) -> TableKey:
-        """The key of this machine and torch build for the given measurement settings."""
+             channels_last: bool, runtime: str = "torch") -> TableKey:
+        """The key of this machine and torch build (and ONNX Runtime version, for that runtime)
+        for the given measurement settings."""
+        if runtime != "torch":
+            from rankwise.io.onnx_file import onnxruntime
+
+            runtime = f"onnxruntime {onnxruntime().__version__}"
         return cls(check_precision(precision), int(threads), int(batch), bool(channels_last),
                    cpu_model(), tuple(cpu_flags()), torch.backends.cpu.get_cpu_capability(),
-                   torch.__version__)
+                   torch.__version__, runtime=runtime)
+
+    @property
+    def onnx(self) -> bool:
+        """Whether the table times ONNX Runtime sessions instead of eager PyTorch."""
+        return self.runtime != "torch"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["flags"] = list(self.flags)
+        if not self.onnx:
+            del d["runtime"]  # eager tables keep the keys (and cache files) they had
         return d
 
     def digest(self) -> str:
