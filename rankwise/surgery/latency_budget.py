@@ -26,24 +26,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rankwise.analysis.latency import RUNTIMES, onnx_runner
+from rankwise.analysis.latency import RUNTIMES
 from rankwise.analysis.profile import trace_inputs
 from rankwise.errors import ConfigError
-from rankwise.io.export_precision import (
-    check_precision,
-    precision_context,
-    prepare_input,
-    to_deploy,
-)
+from rankwise.io.export_precision import check_precision
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec
 from rankwise.surgery.budget import retained_energy
 from rankwise.surgery.latency_measure import (
     CONV_FORMATS,
-    clock_for,
     default_align,
     fill_table,
-    interleaved_ms,
+    fixed_fraction,
     layer_options,
 )
 from rankwise.surgery.latency_solve import solve
@@ -195,54 +189,6 @@ def model_fingerprint(model: nn.Module, input_shape: Sequence[int]) -> str:
     return "model:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence[str],
-                   policy: LatencyBudget, rounds: int = 3) -> float:
-    """Share of the deployed dense model's time spent outside the convs `names`.
-
-    The model (`to_deploy` in the policy's precision, or its ONNX graph in ONNX Runtime) and the
-    convs alone (each run on the input it gets in the model; in ONNX Runtime each in a session
-    of its own) are timed interleaved, so the share does not depend on the load at the time; the
-    allocator scales it to the table's units: `fixed_ms = share / (1 − share) · Σ dense conv ms`.
-    In ONNX Runtime the lone convs can take longer than the whole graph (session overhead, no
-    conv + BN + ReLU fusion): the share is then negative, down to −1, which removes that excess.
-    """
-    onnx = policy.runtime == "onnxruntime"
-    d = copy.deepcopy(model).float().eval() if onnx else \
-        to_deploy(model, policy.precision, policy.channels_last).model
-    x = prepare_input(torch.randn((policy.batch, *input_shape)), policy.precision,
-                      policy.channels_last)
-    mods = {n: d.get_submodule(n) for n in names}
-    inputs: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.__setitem__(n, a[0]))
-               for n, m in mods.items()]
-    with precision_context(policy.precision):
-        d(x)
-    for h in handles:
-        h.remove()
-    shared: dict[tuple[Any, ...], torch.Tensor] = {}  # one input tensor per distinct shape
-    for n, t in inputs.items():
-        inputs[n] = shared.setdefault((tuple(t.shape), t.dtype), t)
-    old = torch.get_num_threads()
-    torch.set_num_threads(policy.threads)
-    try:
-        if onnx:  # built with the policy's thread count: the sessions keep it
-            d = onnx_runner(d, tuple(input_shape), x)
-            mods = {n: onnx_runner(m, tuple(inputs[n].shape[1:]), inputs[n])
-                    for n, m in mods.items() if n in inputs}
-
-        def convs_only() -> None:
-            for n, m in mods.items():
-                if n in inputs:
-                    m(inputs[n])
-
-        with precision_context(policy.precision):
-            total, convs = interleaved_ms([lambda: d(x), convs_only], rounds=rounds,
-                                          block_s=0.0, clock=clock_for(policy.threads))
-    finally:
-        torch.set_num_threads(old)
-    return min(0.95, max(-1.0 if onnx else 0.0, 1.0 - convs / total))
-
-
 def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
                  example_inputs: torch.Tensor | Sequence[int]) -> LatencyPlan:
     """Choose `(format, rank)` or dense per candidate conv of `model` for `policy`'s target.
@@ -289,7 +235,9 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
         fp = model_fingerprint(model, shape)
         share = table.entries.get(fp, {}).get("fixed_share")
         if share is None and policy.measure:
-            share = fixed_fraction(model, shape, names, policy)
+            share = fixed_fraction(model, shape, names, policy.precision, policy.batch,
+                                   policy.threads, policy.channels_last,
+                                   policy.runtime == "onnxruntime")
             table.entries[fp] = {"fixed_share": share}
             if table.path is not None:
                 table.save()

@@ -13,17 +13,24 @@ tail; Tucker-2 keeps `r_in / r_out ≈ c / n`.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from rankwise.analysis.latency import onnx_runner
 from rankwise.errors import ConfigError
-from rankwise.io.export_precision import precision_context, prepare_input, prepare_module
+from rankwise.io.export_precision import (
+    precision_context,
+    prepare_input,
+    prepare_module,
+    to_deploy,
+)
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs
 from rankwise.surgery.latency_table import DENSE, LatencyTable, Option, layer_key
@@ -192,6 +199,53 @@ def fill_table(table: LatencyTable, layers: dict[str, tuple[ConvSpec, Pair, list
     return timed
 
 
+def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence[str],
+                   precision: str, batch: int, threads: int, channels_last: bool = True,
+                   onnx: bool = False, rounds: int = 3) -> float:
+    """Share of the deployed dense model's time spent outside the convs `names`, at `batch`.
+
+    The model (`to_deploy` in `precision`, or with `onnx` its ONNX graph in ONNX Runtime) and the
+    convs alone (each run on the input it gets in the model; in ONNX Runtime each in a session
+    of its own) are timed interleaved, so the share does not depend on the load at the time; the
+    allocator scales it to the table's units: `fixed_ms = share / (1 − share) · Σ dense conv ms`.
+    In ONNX Runtime the lone convs can take longer than the whole graph (session overhead, no
+    conv + BN + ReLU fusion): the share is then negative, down to −1, which removes that excess.
+    """
+    d = copy.deepcopy(model).float().eval() if onnx else \
+        to_deploy(model, precision, channels_last).model
+    x = prepare_input(torch.randn((batch, *input_shape)), precision, channels_last)
+    mods = {n: d.get_submodule(n) for n in names}
+    inputs: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.__setitem__(n, a[0]))
+               for n, m in mods.items()]
+    with precision_context(precision):
+        d(x)
+    for h in handles:
+        h.remove()
+    shared: dict[tuple[Any, ...], torch.Tensor] = {}  # one input tensor per distinct shape
+    for n, t in inputs.items():
+        inputs[n] = shared.setdefault((tuple(t.shape), t.dtype), t)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if onnx:  # built at `threads` intra-op threads: the sessions keep it
+            d = onnx_runner(d, tuple(input_shape), x)
+            mods = {n: onnx_runner(m, tuple(inputs[n].shape[1:]), inputs[n])
+                    for n, m in mods.items() if n in inputs}
+
+        def convs_only() -> None:
+            for n, m in mods.items():
+                if n in inputs:
+                    m(inputs[n])
+
+        with precision_context(precision):
+            total, convs = interleaved_ms([lambda: d(x), convs_only], rounds=rounds,
+                                          block_s=0.0, clock=clock_for(threads))
+    finally:
+        torch.set_num_threads(old)
+    return min(0.95, max(-1.0 if onnx else 0.0, 1.0 - convs / total))
+
+
 class _threads:
     def __init__(self, n: int) -> None:
         self.n, self.old = int(n), torch.get_num_threads()
@@ -205,4 +259,4 @@ class _threads:
 
 __all__ = ["CONV_FORMATS", "MAC_FRACTIONS", "build_option", "candidate_ranks", "clock_for",
            "default_align",
-           "fill_table", "interleaved_ms", "layer_options", "measure_layer"]
+           "fill_table", "fixed_fraction", "interleaved_ms", "layer_options", "measure_layer"]
