@@ -56,28 +56,32 @@ def conv_choices(model: nn.Module, report: dict[str, Any] | Any) -> dict[str, An
 
 
 def match_latency(dense: nn.Module, macs_model: nn.Module, shape: tuple[int, ...],
-                  precision: str, batch: int, rounds: int = 7, measure: bool = True
-                  ) -> tuple[LatencyBudget, nn.Module, Any, list[float]]:
+                  precision: str, batch: int, rounds: int = 7, measure: bool = True,
+                  runtime: str = "torch") -> tuple[LatencyBudget, nn.Module, Any, list[float]]:
     """The latency budget whose allocator model times like `macs_model` (within `EQUAL_TOL`
     after at most one correction); returns `(budget, model, report, [dense, macs, latency]
-    ms)`. `measure=False`: the allocator uses the analytic table (tests)."""
+    ms)`. `measure=False`: the allocator uses the analytic table (tests). `runtime`
+    "onnxruntime": every model timed, and the allocator's table measured, as float32 ONNX
+    graphs in ONNX Runtime (`precision` must be fp32)."""
+    onnx = runtime == "onnxruntime"
     x = torch.randn((batch, *shape))
-    t = deployed_ms([dense, macs_model], x, [precision] * 2, rounds, 1)
+    t = deployed_ms([dense, macs_model], x, [precision] * 2, rounds, 1, onnx)
 
     def build(ratio: float) -> tuple[nn.Module, tuple[LatencyBudget, Any]]:
         policy = LatencyBudget(ratio=ratio, precision=precision, batch=batch, threads=1,
-                               measure=measure)
+                               measure=measure, runtime=runtime)
         lat, rep = decompose(dense, format="channel", rank=policy, input_shape=shape,
                              linear_format=None, skip_first_conv=True)
         return lat, (policy, rep)
 
     _, (lat, (policy, rep)), t = match_measured_time(dense, macs_model, x, precision, rounds, 1,
-                                                     min(1.0, t[1] / t[0]), build)
+                                                     min(1.0, t[1] / t[0]), build, onnx)
     return policy, lat, rep, t
 
 
 def run(dense_dir: Path, macs_dir: Path, out: Path, precision: str, batch: int,
-        command: str, rounds: int = 7, measure: bool = True) -> dict[str, Any]:
+        command: str, rounds: int = 7, measure: bool = True,
+        runtime: str = "torch") -> dict[str, Any]:
     """Steps 1–4 of the module docstring; returns the result record (also written)."""
     from rankwise.train import TrainConfig
     from rankwise.train.pretrain import decompose_and_finetune
@@ -92,7 +96,7 @@ def run(dense_dir: Path, macs_dir: Path, out: Path, precision: str, batch: int,
     test_data = load_split(spec, False, limit=spec.get("limit_test"))
     shape = tuple(train_data.shape)
     policy, lat, rep, t = match_latency(dense, macs_model, shape, precision, batch, rounds,
-                                        measure)
+                                        measure, runtime)
     ratio = float(policy.ratio)
     ft = dict(macs_report["finetune"]["train_config"])
     epochs = int(ft.pop("epochs"))
@@ -117,6 +121,7 @@ def run(dense_dir: Path, macs_dir: Path, out: Path, precision: str, batch: int,
          "acc_finetuned": 100 * data["accuracy"]["finetuned"]},
     ]
     record = {"command": command, "env": environment(command), "precision": precision,
+              "runtime": runtime,
               "batch": batch, "threads": 1, "dense_ms": t[0],
               "dense_acc": 100 * macs_report["accuracy"]["before"],
               "finetune": {"epochs": epochs, **{k: cfg.__dict__[k] for k in
@@ -127,17 +132,22 @@ def run(dense_dir: Path, macs_dir: Path, out: Path, precision: str, batch: int,
 
 
 RESULT_FILE = Path("speed") / "alloc_accuracy.json"
-"""Where the committed copy of `--out/result.json` lives under the results root."""
+"""Where the committed copy of `--out/result.json` lives under the results root (eager
+PyTorch); the ONNX Runtime record sits beside it as `alloc_accuracy_onnxruntime.json`."""
+RESULT_FILES = (RESULT_FILE, RESULT_FILE.with_name("alloc_accuracy_onnxruntime.json"))
 
 
 def markdown(rec: dict[str, Any]) -> str:
     """The table of one result record: both arms side by side."""
     ft = rec["finetune"]
+    onnx = rec.get("runtime", "torch") == "onnxruntime"
+    where = "as float32 ONNX graphs in ONNX Runtime" if onnx else f"deployed in {rec['precision']}"
     lines = [
-        "### Equal measured latency on CIFAR-10: accuracy after fine-tuning", "",
+        "### Equal measured latency on CIFAR-10: accuracy after fine-tuning"
+        + (" (ONNX Runtime)" if onnx else ""), "",
         f"Trained ResNet-20 `{rec['dense_run']}` (dense {rec['dense_acc']:.2f} %); the MACs "
         f"allocator's run `{rec['macs_run']}` and the latency allocator at its measured time, "
-        f"deployed in {rec['precision']} at batch {rec['batch']}, {rec['threads']} thread "
+        f"{where} at batch {rec['batch']}, {rec['threads']} thread "
         f"(dense {rec['dense_ms']:.2f} ms); both fine-tuned {ft['epochs']} epochs, lr "
         f"{ft['lr']} {ft['schedule']}, {ft['precision']}, seed {ft['seed']}. Energy: mean "
         "retained σ² of the trained weights over the convs but the first (kept dense = 1).", "",
@@ -162,9 +172,9 @@ def markdown(rec: dict[str, Any]) -> str:
 
 @register_section("speed-alloc-accuracy", order=41)
 def section(results_root: str | Path) -> str:
-    """BENCHMARKS.md hook: `results_root/speed/alloc_accuracy.json` ('' when absent)."""
-    path = Path(results_root) / RESULT_FILE
-    return markdown(json.loads(path.read_text())) if path.is_file() else ""
+    """BENCHMARKS.md hook: `results_root/speed/alloc_accuracy*.json` ('' when absent)."""
+    paths = [Path(results_root) / f for f in RESULT_FILES]
+    return "\n".join(markdown(json.loads(p.read_text())) for p in paths if p.is_file())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,19 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--macs-run", type=Path, required=True,
                    help="finished `rankwise decompose --finetune` run of it (MACs budget)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="deployed precision (default bf16; fp32 with --runtime onnxruntime)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
     p.add_argument("--batch", type=int, default=8)
     a = p.parse_args(argv)
+    precision = a.precision or ("fp32" if a.runtime == "onnxruntime" else "bf16")
     command = shlex.join(["python", "-m", "rankwise.bench.alloc_accuracy",
                           *(sys.argv[1:] if argv is None else argv)])
-    rec = run(a.dense, a.macs_run, a.out, a.precision, a.batch, command)
+    rec = run(a.dense, a.macs_run, a.out, precision, a.batch, command, runtime=a.runtime)
     for arm in rec["arms"]:
         print(f"{arm['label']}: {arm['speedup']:.2f}x measured, energy {arm['energy']:.3f}, "
               f"acc {arm['acc_decomposed']:.2f} -> {arm['acc_finetuned']:.2f}")
     return 0
 
 
-__all__ = ["RESULT_FILE", "conv_choices", "markdown", "match_latency", "run", "section"]
+__all__ = ["RESULT_FILE", "RESULT_FILES", "conv_choices", "markdown", "match_latency", "run",
+           "section"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

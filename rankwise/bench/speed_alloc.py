@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise.analysis.latency import onnx_runner
 from rankwise.analysis.profile import count
 from rankwise.bench.harness import Cell, environment, write_json_atomic
 from rankwise.bench.speed_ranks import threads_context
@@ -76,7 +77,11 @@ def alloc_cells(quick: bool = False) -> list[Cell]:
     return cells
 
 
-def _timed(model: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], object]:
+def _timed(model: nn.Module, x: torch.Tensor, precision: str, onnx: bool = False
+           ) -> Callable[[], object]:
+    if onnx:  # the float32 ONNX graph in ONNX Runtime
+        runner = onnx_runner(model, tuple(x.shape[1:]), x)
+        return lambda: runner(x)
     m = to_deploy(model, precision).model  # BN folded, weights in `precision`, channels_last
     xi = prepare_input(x, precision)
 
@@ -88,16 +93,17 @@ def _timed(model: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], ob
 
 
 def deployed_ms(models: list[nn.Module], x: torch.Tensor, precisions: list[str], rounds: int,
-                threads: int) -> list[float]:
-    """Median ms per call of each model deployed in its precision (`to_deploy`), the models
-    timed in one interleaved run on input `x` with `threads` threads."""
-    fns = [_timed(m, x, p) for m, p in zip(models, precisions, strict=True)]
+                threads: int, onnx: bool = False) -> list[float]:
+    """Median ms per call of each model deployed in its precision (`to_deploy`), or with `onnx`
+    as float32 ONNX graphs in ONNX Runtime, the models timed in one interleaved run on input `x`
+    with `threads` threads."""
+    fns = [_timed(m, x, p, onnx) for m, p in zip(models, precisions, strict=True)]
     return interleaved_ms(fns, rounds=rounds, block_s=0.02, clock=clock_for(threads))
 
 
 def match_measured_time(dense: nn.Module, target: nn.Module, x: torch.Tensor, precision: str,
                         rounds: int, threads: int, ratio: float,
-                        build: Callable[[float], tuple[nn.Module, Any]]
+                        build: Callable[[float], tuple[nn.Module, Any]], onnx: bool = False
                         ) -> tuple[float, tuple[nn.Module, Any], list[float]]:
     """Equal measured latency: `build(ratio)` (a latency-allocated model and its plan or
     report) timed in one interleaved run with `dense` and `target`; when its time differs from
@@ -105,7 +111,7 @@ def match_measured_time(dense: nn.Module, target: nn.Module, x: torch.Tensor, pr
     rebuilt. Returns `(corrected ratio, last build(...), [dense, target, built] ms)`."""
     for _ in range(2):
         built = build(ratio)
-        t = deployed_ms([dense, target, built[0]], x, [precision] * 3, rounds, threads)
+        t = deployed_ms([dense, target, built[0]], x, [precision] * 3, rounds, threads, onnx)
         if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
             break
         ratio = min(1.0, ratio * t[1] / t[2])

@@ -60,3 +60,27 @@ def test_latency_arm_is_fine_tuned_with_the_macs_recipe(tmp_path: Path, monkeypa
     md = markdown(rec)
     assert md.count("| MACs allocator") == 1 and md.count("| latency allocator") == 1
     assert f"{lat_arm['acc_finetuned']:.2f}" in md
+
+
+def test_onnx_runtime_arm_times_every_model_as_an_onnx_graph(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    import rankwise.bench.speed_alloc as speed_alloc
+    from rankwise.bench.alloc_accuracy import section
+
+    monkeypatch.setenv("RANKWISE_CACHE", str(tmp_path / "cache"))
+    exported = []
+    real = speed_alloc.onnx_runner
+    monkeypatch.setattr(speed_alloc, "onnx_runner",
+                        lambda m, shape, x: exported.append(m) or real(m, shape, x))
+    dense_dir, macs_dir = _runs(tmp_path)
+    rec = run(dense_dir, macs_dir, tmp_path / "lat", "fp32", 2, "test", rounds=1,
+              measure=False, runtime="onnxruntime")
+    assert rec["runtime"] == "onnxruntime" and len(exported) >= 3  # dense, MACs, latency
+    assert all(arm["speedup"] > 0 for arm in rec["arms"])
+    results = tmp_path / "results" / "speed"
+    results.mkdir(parents=True)
+    (results / "alloc_accuracy_onnxruntime.json").write_text(json.dumps(rec))
+    md = section(tmp_path / "results")
+    assert "(ONNX Runtime)" in md and "as float32 ONNX graphs in ONNX Runtime at batch 2" in md
