@@ -112,8 +112,10 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int] | None, batch_s
 def onnx_runner(model: nn.Module, input_shape: Sequence[int], example_inputs: Inputs | None = None
                 ) -> nn.Module:
     """`model` as a float32 ONNX graph run by ONNX Runtime (`io.onnx_file.OnnxModel`, batch
-    dimension dynamic, as many intra-op threads as torch uses): time it like any model."""
-    from rankwise.io.onnx_file import OnnxModel, onnx_bytes
+    dimension dynamic, as many intra-op threads as torch uses): time it like any model. Without
+    ONNX Runtime, `ConfigError` with the install hint before anything is exported."""
+    from rankwise.io.onnx_file import OnnxModel, onnx_bytes, onnxruntime
 
+    onnxruntime()
     example = example_inputs if example_inputs is not None else example_input(model, input_shape)
     return OnnxModel(onnx_bytes(model, example), torch.get_num_threads())

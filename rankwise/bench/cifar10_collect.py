@@ -137,7 +137,8 @@ def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[i
     in fp32 and then in bf16), each pair timed in alternating ABBA blocks
     (`speed_timing.interleaved_latency`) so that load from other processes hits both alike:
     `dense_latency_ms / latency_ms` is the speedup the table shows. Then the same pair as
-    float32 ONNX graphs in ONNX Runtime (`_ort_pair`), `*_ort_ms`."""
+    float32 ONNX graphs in ONNX Runtime (`analysis.latency.onnx_runner`), `*_ort_ms`."""
+    from rankwise.analysis.latency import onnx_runner
     from rankwise.bench.speed_timing import interleaved_latency
     from rankwise.io.export_precision import to_deploy
 
@@ -146,7 +147,7 @@ def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[i
     pairs: list[tuple[str, Any]] = [
         (suffix, lambda p=precision: [to_deploy(dense, p), to_deploy(model, p)])
         for suffix, precision in (("", "fp32"), ("_bf16", "bf16"))]
-    pairs.append(("_ort", lambda: _ort_pair(dense, model, x)))
+    pairs.append(("_ort", lambda: [onnx_runner(m, tuple(input_shape), x) for m in (dense, model)]))
     for suffix, build in pairs:
         try:
             deployed = build()
@@ -157,16 +158,6 @@ def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[i
         out[f"latency{suffix}_ms"] = m["median_ms"]
         out[f"dense_latency{suffix}_ms"] = d["median_ms"]
     return out
-
-
-def _ort_pair(dense: nn.Module, model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
-    """`dense` and `model` as float32 ONNX graphs in ONNX Runtime (`analysis.latency.onnx_runner`),
-    as many intra-op threads as torch uses here."""
-    from rankwise.analysis.latency import onnx_runner
-    from rankwise.io.onnx_file import onnxruntime
-
-    onnxruntime()  # before exporting: ConfigError with the install hint when it is missing
-    return [onnx_runner(m, tuple(x.shape[1:]), x) for m in (dense, model)]
 
 
 def model_metrics(model: nn.Module, test_data: Any, input_shape: Sequence[int],

@@ -43,7 +43,7 @@ from rankwise.bench.real_models_export import TensorOut, export_paths, first_out
 from rankwise.bench.real_models_report import section
 from rankwise.io.atomic import atomic_write
 from rankwise.layers.base import FactorizedLayer
-from rankwise.models.resolve import build_model, example_inputs
+from rankwise.models.resolve import build_model, example_inputs, random_inputs
 
 # HF configs saved as local folders by `main()` (no download): `transformers.<class>(**kw)`
 HF_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -157,24 +157,6 @@ def tltorch_like(dense: nn.Module, factorized: nn.Module) -> tuple[nn.Module, li
         parent, _, child = name.rpartition(".")
         setattr(out.get_submodule(parent) if parent else out, child, new)
     return out.eval(), kept
-
-
-def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
-    """`inputs` with float tensors drawn from N(0, 1) and token ids uniform over the vocabulary
-    (zeros would make a BatchNorm net's output its classifier bias, hiding any deviation)."""
-    gen = torch.Generator().manual_seed(seed)
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2))
-
-    def one(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        if t.is_floating_point():
-            return torch.randn(t.shape, generator=gen, dtype=t.dtype)
-        return torch.randint(0, vocab, t.shape, generator=gen, dtype=t.dtype)
-
-    if isinstance(inputs, dict):
-        return {k: one(v) for k, v in inputs.items()}
-    return one(inputs) if isinstance(inputs, torch.Tensor) else tuple(one(v) for v in inputs)
 
 
 def _init_zero_heads(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -17,16 +17,6 @@ from typing import Any
 import torch
 
 
-def _random_like(example: Any, seed: int = 0) -> Any:
-    """`example` (zeros from `example_inputs`) with its float tensors filled from N(0, 1)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def fill(t: torch.Tensor) -> torch.Tensor:
-        return torch.randn(t.shape, generator=gen).to(t.dtype) if t.is_floating_point() else t
-
-    return {k: fill(v) for k, v in example.items()} if isinstance(example, dict) else fill(example)
-
-
 def _relative_diff(ref: torch.Tensor, got: torch.Tensor) -> float:
     ref, got = getattr(ref, "logits", ref), getattr(got, "logits", got)
     scale = float(ref.abs().max().clamp_min(1e-12))
@@ -38,7 +28,7 @@ def export_command(args: argparse.Namespace) -> int:
     from rankwise.cli import output_of
     from rankwise.errors import ConfigError
     from rankwise.io import atomic as aio
-    from rankwise.models.resolve import example_inputs
+    from rankwise.models.resolve import example_inputs, random_inputs
 
     onnx = args.format == "onnx"
     if onnx and args.precision not in (None, "fp32"):
@@ -69,7 +59,7 @@ def export_command(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"path": str(args.path), "out": str(out), "format": args.format,
                                "precision": precision}
     if args.check and example is not None:
-        x = _random_like(example)
+        x = random_inputs(example, model, seed=0)
         deployed = _load_copy(out, onnx)
         with torch.no_grad():
             ref = model(**x) if isinstance(x, dict) else model(x)

@@ -235,3 +235,21 @@ def example_inputs(model: nn.Module, input_shape: tuple[int, ...], batch: int = 
     x = torch.zeros((batch, *[int(s) for s in input_shape]), dtype=dtype, device=dev)
     key = getattr(model, "main_input_name", None)
     return {key: x} if isinstance(key, str) else x
+
+
+def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
+    """`inputs` with float tensors drawn from N(0, 1) and token ids uniform over the vocabulary
+    (zeros would make a BatchNorm net's output its classifier bias, hiding any deviation)."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2))
+
+    def one(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        return torch.randint(0, vocab, t.shape, generator=gen, dtype=t.dtype)
+
+    if isinstance(inputs, dict):
+        return {k: one(v) for k, v in inputs.items()}
+    return one(inputs) if isinstance(inputs, torch.Tensor) else tuple(one(v) for v in inputs)
