@@ -35,7 +35,7 @@ from torch import nn
 
 from rankwise.bench.benchmarks_md import register_section
 from rankwise.bench.harness import environment, write_json_atomic
-from rankwise.bench.speed_alloc import deployed_ms, match_measured_time, summarize
+from rankwise.bench.speed_alloc import Runners, deployed_ms, match_measured_time, summarize
 from rankwise.io.model_file import load
 from rankwise.surgery.decompose import decompose
 from rankwise.surgery.latency_budget import LatencyBudget
@@ -65,7 +65,8 @@ def match_latency(dense: nn.Module, macs_model: nn.Module, shape: tuple[int, ...
     graphs in ONNX Runtime (`precision` must be fp32)."""
     onnx = runtime == "onnxruntime"
     x = torch.randn((batch, *shape))
-    t = deployed_ms([dense, macs_model], x, [precision] * 2, rounds, 1, onnx)
+    runners: Runners = {}  # dense and MACs model deployed / exported once
+    t = deployed_ms([dense, macs_model], x, [precision] * 2, rounds, 1, onnx, runners)
 
     def build(ratio: float) -> tuple[nn.Module, tuple[LatencyBudget, Any]]:
         policy = LatencyBudget(ratio=ratio, precision=precision, batch=batch, threads=1,
@@ -75,7 +76,8 @@ def match_latency(dense: nn.Module, macs_model: nn.Module, shape: tuple[int, ...
         return lat, (policy, rep)
 
     _, (lat, (policy, rep)), t = match_measured_time(dense, macs_model, x, precision, rounds, 1,
-                                                     min(1.0, t[1] / t[0]), build, onnx)
+                                                     min(1.0, t[1] / t[0]), build, onnx,
+                                                     runners)
     return policy, lat, rep, t
 
 

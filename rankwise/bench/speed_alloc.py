@@ -19,10 +19,15 @@ the dense model in fp32, so the table shows what the dtype alone buys. Energy = 
 convs of the retained σ² fraction in the chosen format (dense = 1; random init, so a proxy of
 the allocation, not of accuracy). A cell whose thread count exceeds the cores this process may
 use is recorded as not measured rather than timed on an oversubscribed core.
+
+ONNX Runtime cells (`runtime="onnxruntime"`, 1 thread, batch 1 and 8): the same comparison with
+every model (and every latency-table entry) run as a float32 ONNX graph in ONNX Runtime, the
+CPU deployment where a factorized model's saving is not hidden by eager PyTorch's per-op cost.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -56,25 +61,34 @@ from rankwise.surgery.rank import MacsBudget
 ALLOC_MODELS = (("resnet50", 224, 1000, (1, 8)), ("resnet56", 32, 10, (1, 8)))
 ALLOC_THREADS = (1, 2)
 ALLOC_PRECISIONS = ("fp32", "bf16")
+ONNX_THREADS = (1,)  # ONNX Runtime cells: the 1-thread CPU deployment
 MACS_FORMATS = ("channel", "tucker2")
 EQUAL_TOL = 0.03  # "equal measured latency": within 3 %
 
 
 def alloc_cells(quick: bool = False) -> list[Cell]:
-    """Cells for every (model, batch, threads, precision); `quick`: ResNet-50 at 112², 3 rounds."""
+    """Cells for every (model, batch, threads, precision) in eager PyTorch, then the ONNX Runtime
+    cells (fp32, `ONNX_THREADS`); `quick`: ResNet-50 at 112², 3 rounds."""
     cells = []
     for model, side, classes, batches in ALLOC_MODELS:
         side = 112 if quick and side == 224 else side
+        settings = [(t, prec, "torch") for t in ALLOC_THREADS for prec in ALLOC_PRECISIONS]
+        settings += [(t, "fp32", "onnxruntime") for t in ONNX_THREADS]
         for batch in batches:
-            for threads in ALLOC_THREADS:
-                for prec in ALLOC_PRECISIONS:
-                    cells.append(Cell(f"alloc/{model}@{side}/b{batch}/t{threads}/{prec}", {
-                        "kind": "alloc", "model": model, "model_kw": {}, "num_classes": classes,
-                        "input_shape": [3, side, side], "batch": batch, "threads": threads,
-                        "precision": prec, "macs_ratio": 0.5, "latency_ratio": 0.5,
-                        "macs_formats": list(MACS_FORMATS), "rounds": 3 if quick else 5,
-                        "seed": 0, "cache_dir": None}))
+            for threads, prec, runtime in settings:
+                label = prec if runtime == "torch" else runtime
+                extra = {} if runtime == "torch" else {"runtime": runtime}  # eager: as before
+                cells.append(Cell(f"alloc/{model}@{side}/b{batch}/t{threads}/{label}", {
+                    "kind": "alloc", "model": model, "model_kw": {}, "num_classes": classes,
+                    "input_shape": [3, side, side], "batch": batch, "threads": threads,
+                    "precision": prec, "macs_ratio": 0.5, "latency_ratio": 0.5,
+                    "macs_formats": list(MACS_FORMATS), "rounds": 3 if quick else 5,
+                    "seed": 0, "cache_dir": None, **extra}))
     return cells
+
+
+# (model id, precision, onnx) → (the model, kept alive so its id is not reused; its runner)
+Runners = dict[tuple[int, str, bool], tuple[nn.Module, Callable[[], object]]]
 
 
 def _timed(model: nn.Module, x: torch.Tensor, precision: str, onnx: bool = False
@@ -93,25 +107,36 @@ def _timed(model: nn.Module, x: torch.Tensor, precision: str, onnx: bool = False
 
 
 def deployed_ms(models: list[nn.Module], x: torch.Tensor, precisions: list[str], rounds: int,
-                threads: int, onnx: bool = False) -> list[float]:
+                threads: int, onnx: bool = False, runners: Runners | None = None) -> list[float]:
     """Median ms per call of each model deployed in its precision (`to_deploy`), or with `onnx`
     as float32 ONNX graphs in ONNX Runtime, the models timed in one interleaved run on input `x`
-    with `threads` threads."""
-    fns = [_timed(m, x, p, onnx) for m, p in zip(models, precisions, strict=True)]
+    with `threads` threads. `runners`: a cache (model id, precision, onnx) → deployed callable,
+    so a model timed again (the dense model of every comparison) is deployed or exported once."""
+    cache: Runners = {} if runners is None else runners
+    fns = []
+    for m, p in zip(models, precisions, strict=True):
+        key = (id(m), p, bool(onnx))
+        if key not in cache:
+            cache[key] = (m, _timed(m, x, p, onnx))
+        fns.append(cache[key][1])
     return interleaved_ms(fns, rounds=rounds, block_s=0.02, clock=clock_for(threads))
 
 
 def match_measured_time(dense: nn.Module, target: nn.Module, x: torch.Tensor, precision: str,
                         rounds: int, threads: int, ratio: float,
-                        build: Callable[[float], tuple[nn.Module, Any]], onnx: bool = False
+                        build: Callable[[float], tuple[nn.Module, Any]], onnx: bool = False,
+                        runners: Runners | None = None
                         ) -> tuple[float, tuple[nn.Module, Any], list[float]]:
     """Equal measured latency: `build(ratio)` (a latency-allocated model and its plan or
     report) timed in one interleaved run with `dense` and `target`; when its time differs from
     `target`'s by more than `EQUAL_TOL`, the ratio is corrected once by the measured ratio and
-    rebuilt. Returns `(corrected ratio, last build(...), [dense, target, built] ms)`."""
+    rebuilt. Returns `(corrected ratio, last build(...), [dense, target, built] ms)`.
+    `dense` and `target` are deployed (or exported) once, through `runners` (`deployed_ms`)."""
+    runners = {} if runners is None else runners
     for _ in range(2):
         built = build(ratio)
-        t = deployed_ms([dense, target, built[0]], x, [precision] * 3, rounds, threads, onnx)
+        t = deployed_ms([dense, target, built[0]], x, [precision] * 3, rounds, threads, onnx,
+                        runners)
         if abs(t[2] / t[1] - 1.0) <= EQUAL_TOL:
             break
         ratio = min(1.0, ratio * t[1] / t[2])
@@ -139,10 +164,13 @@ def summarize(label: str, allocator: str, model: nn.Module, dense: nn.Module,
 def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
     """Run one alloc cell (see the module docstring); returns JSON-able data."""
     threads, prec, batch = int(p["threads"]), str(p["precision"]), int(p["batch"])
+    runtime = str(p.get("runtime", "torch"))
+    onnx = runtime == "onnxruntime"
     shape = tuple(int(s) for s in p["input_shape"])
     out: dict[str, Any] = {"kind": "alloc", "model": p["model"], "input_shape": list(shape),
                            "batch": batch, "threads": threads, "precision": prec,
-                           "macs_ratio": p["macs_ratio"], "latency_ratio": p["latency_ratio"]}
+                           "runtime": runtime, "macs_ratio": p["macs_ratio"],
+                           "latency_ratio": p["latency_ratio"]}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if threads > int(cores or 1):
         out.update(measured=False, note=f"not measured (machine busy: {cores} core(s) "
@@ -161,7 +189,7 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
                                      _macs_choices(rep), shape))
             models.append(m)
         base = dict(precision=prec, batch=batch, threads=threads, cache_dir=p.get("cache_dir"),
-                    measure=bool(p.get("measure_table", True)))
+                    measure=bool(p.get("measure_table", True)), runtime=runtime)
         plan = latency_plan(dense, None, LatencyBudget(ratio=float(p["latency_ratio"]), **base),
                             shape)
         lat = apply_choices(dense, plan.choices)
@@ -171,7 +199,9 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         models.append(lat)
         ref = [dense] if prec == "bf16" else []  # the same dense model, timed in fp32
         precs = [prec] * (1 + len(models)) + ["fp32"] * len(ref)
-        ms = deployed_ms([dense, *models, *ref], x, precs, int(p["rounds"]), threads)
+        runners: Runners = {}
+        ms = deployed_ms([dense, *models, *ref], x, precs, int(p["rounds"]), threads, onnx,
+                         runners)
         dense_ms = ms[0]
         for v, t in zip(variants, ms[1:1 + len(models)], strict=True):
             v.update(ms=t, speedup=dense_ms / t)
@@ -189,7 +219,7 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         for v, macs_model in zip(variants, models[:len(p["macs_formats"])], strict=False):
             ratio, (eq_model, eq), t = match_measured_time(
                 dense, macs_model, x, prec, int(p["rounds"]), threads,
-                min(1.0, v["ms"] / dense_ms), build)
+                min(1.0, v["ms"] / dense_ms), build, onnx, runners)
             eq_variants.append({**summarize(f"latency budget = measured time of '{v['label']}'",
                                            "latency-equal", eq_model, dense, eq.choices, shape),
                                 "vs": v["label"], "vs_energy": v["energy"], "ratio": ratio,
@@ -202,17 +232,36 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def alloc_setting(result: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies an alloc result: (model, input shape, batch, threads, precision, runtime)."""
+    return (result["model"], tuple(result["input_shape"]), int(result["batch"]),
+            int(result["threads"]), result["precision"], result.get("runtime", "torch"))
+
+
 def write_alloc_results(results_dir: Path, records: list[dict[str, Any]], command: str) -> Path:
-    """`results_dir/allocators.json`: command, machine, CPU features, torch, date, alloc results."""
-    done = [r["result"] for r in records
+    """`results_dir/allocators.json`: command, machine, CPU features, torch, date, alloc results.
+
+    The results of `records` replace those of the same setting (`alloc_setting`); results of
+    other settings already in the file are kept in their order, so a run of a few cells (`match`)
+    adds to the file instead of dropping what it did not run. Each result carries the `command`
+    and `date` it was measured with (results of older files: the file's own)."""
+    env = environment(command)
+    done = [{"command": (r.get("env") or env).get("command"),
+             "date": (r.get("env") or env).get("date"), **r["result"]} for r in records
             if r.get("status") == "done" and r.get("result", {}).get("kind") == "alloc"]
     path = Path(results_dir) / "allocators.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    new = {alloc_setting(r): r for r in done}
+    kept = [{"command": old.get("command"), "date": old.get("env", {}).get("date"), **r}
+            for r in old.get("results", []) if alloc_setting(r) not in new]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"command": command, "env": environment(command),
-                             "cpu_features": cpu_features(), "results": done})
+    write_json_atomic(path, {"command": command, "env": env, "cpu_features": cpu_features(),
+                             "results": kept + done})
     return path
 
 
-__all__ = ["ALLOC_MODELS", "ALLOC_PRECISIONS", "ALLOC_THREADS", "MACS_FORMATS", "alloc_cells",
+__all__ = ["ALLOC_MODELS", "ALLOC_PRECISIONS", "ALLOC_THREADS", "MACS_FORMATS", "ONNX_THREADS",
+           "Runners",
+           "alloc_cells", "alloc_setting",
            "deployed_ms", "match_measured_time", "run_alloc_cell", "summarize",
            "write_alloc_results"]

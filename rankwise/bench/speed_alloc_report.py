@@ -19,7 +19,9 @@ def _formats(f: dict[str, int]) -> str:
 
 def _rows(r: dict[str, Any]) -> list[str]:
     name = f"{r['model']} @{r['input_shape'][1]}²"
-    lead = [name, str(r["batch"]), str(r["threads"]), r["precision"]]
+    onnx = r.get("runtime", "torch") == "onnxruntime"
+    lead = [name, str(r["batch"]), str(r["threads"]),
+            f"{r['precision']}, ONNX Runtime" if onnx else r["precision"]]
     if not r.get("measured"):
         return ["| " + " | ".join([*lead, "–", r.get("note", "not measured"), "", "", "", "",
                                    ""]) + " |"]
@@ -50,7 +52,8 @@ def alloc_table(results: list[dict[str, Any]]) -> list[str]:
 def _goals(results: list[dict[str, Any]]) -> list[str]:
     out = []
     for r in results:
-        if not r.get("measured") or r["model"] != "resnet50" or r["batch"] != 8:
+        if (not r.get("measured") or r["model"] != "resnet50" or r["batch"] != 8
+                or r.get("runtime", "torch") != "torch"):  # the goals are eager PyTorch's
             continue
         lat = next(v for v in r["variants"] if v["allocator"] == "latency")
         need = 1.8 if r["precision"] == "fp32" else 1.6
@@ -65,19 +68,43 @@ def _goals(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _commands(results: list[dict[str, Any]], command: str | None, date: str) -> list[str]:
+    """Where the results come from: one 'Command: `…`, dates.' line, or one bullet per command
+    with its dates and settings (results without their own command: `command` at `date`)."""
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for r in results:
+        cmd = r.get("command") or command
+        if cmd:
+            how = "onnxruntime" if r.get("runtime", "torch") == "onnxruntime" else r["precision"]
+            label = f"{r['model']} b{r['batch']} t{r['threads']} {how}"
+            seen.setdefault(cmd, []).append((r.get("date") or date, label))
+
+    def dates(v: list[tuple[str, str]]) -> str:
+        ds = sorted({d for d, _ in v})
+        return ds[0] if len(ds) == 1 else f"{ds[0]} to {ds[-1]}"
+
+    if len(seen) == 1:
+        ((cmd, v),) = seen.items()
+        return [f"Command: `{cmd}` ({dates(v)}).", ""]
+    lines = [f"- `{c}` ({dates(v)}): {', '.join(label for _, label in v)}"
+             for c, v in seen.items()]
+    return ["Commands:", "", *lines, ""] if lines else []
+
+
 def alloc_markdown(records: list[dict[str, Any]], command: str | None = None) -> str:
     """Markdown from `run_cells` records (or bare results) of alloc cells."""
     results = [r.get("result", r) for r in records if r.get("status", "done") == "done"]
     failed = [r for r in records if r.get("status", "done") != "done"]
     env = next((r.get("env") for r in records if r.get("env")), {}) or {}
     out = ["## Speed: latency-budget vs MACs-budget allocator (CPU)", ""]
-    if command:
-        out += [f"Command: `{command}`", ""]
-    out += [f"{env.get('date', '?')}, torch {env.get('torch', '?')}. Random-init models; every "
+    out += _commands(results, command, env.get("date", "?"))
+    out += [f"torch {env.get('torch', '?')}. Random-init models; every "
             "speedup is against the dense model deployed the same way (BN folded, channels_last, "
-            "fp32 or bf16 weights and activations), timed interleaved with it (median of "
-            "rounds; process CPU time at 1 thread, wall time at 2). 'predicted' is the latency "
-            "table's estimate. Energy kept = mean retained σ² fraction over the convs (dense 1).",
+            "fp32 or bf16 weights and activations; 'ONNX Runtime': every model, and every entry "
+            "of the latency table, as a float32 ONNX graph in ONNX Runtime), timed interleaved "
+            "with it (median of rounds; process CPU time at 1 thread, wall time at 2). "
+            "'predicted' is the latency table's estimate. Energy kept = mean retained σ² "
+            "fraction over the convs (dense 1).",
             "", *alloc_table(results), ""]
     goals = _goals(results)
     if goals:

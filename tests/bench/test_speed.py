@@ -134,9 +134,13 @@ def test_cells_are_unique_and_quick_shrinks_imagenet_inputs():
     assert all(c.params["threads"] == 2 for c in full if c.params["kind"] != "alloc")
     alloc = [c.params for c in full if c.params["kind"] == "alloc"]
     assert full[0].params["kind"] == "alloc"  # the allocator comparison runs first
-    assert {(p["model"], p["batch"], p["threads"], p["precision"]) for p in alloc} == {
-        (m, b, t, pr) for m in ("resnet50", "resnet56") for b in (1, 8) for t in (1, 2)
-        for pr in ("fp32", "bf16")}
+    eager = {(m, b, t, pr, "torch") for m in ("resnet50", "resnet56") for b in (1, 8)
+             for t in (1, 2) for pr in ("fp32", "bf16")}
+    onnx = {(m, b, 1, "fp32", "onnxruntime") for m in ("resnet50", "resnet56") for b in (1, 8)}
+    assert {(p["model"], p["batch"], p["threads"], p["precision"], p.get("runtime", "torch"))
+            for p in alloc} == eager | onnx
+    # the eager cells' parameters (their identity in a resumed run) carry no runtime key
+    assert all("runtime" not in p for p in alloc if p["precision"] == "bf16")
     assert {c.params["kind"] for c in speed.speed_cells(False, kinds=("alloc",))} == {"alloc"}
     with pytest.raises(ConfigError):
         speed.speed_cells(False, kinds=("nope",))
