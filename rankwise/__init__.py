@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "export_onnx": "rankwise.io.onnx_file",
     "OnnxModel": "rankwise.io.onnx_file",
     "profile_model": "rankwise.analysis.profile",
-    "ModelProfile": "rankwise.analysis.profile",
+    "ModelProfile": "rankwise.analysis.profile_result",
     "Fixed": "rankwise.surgery.rank",
     "Ratio": "rankwise.surgery.rank",
     "Energy": "rankwise.surgery.rank",

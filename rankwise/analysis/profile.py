@@ -9,14 +9,14 @@ Counting rules:
   ops itself (attention matmuls, e.g. `self_attention` of a ViT block). A module called several
   times is counted at every call. Meta-device models are counted too (shapes only).
 - latency: `rankwise.analysis.latency.measure_latency` (median / IQR in ms, fp32 or bf16
-  autocast).
+  autocast), of the deployed copy with `deploy` (`io.export_precision.to_deploy`), or of the
+  ONNX graph in ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -31,7 +31,9 @@ from rankwise.analysis.latency import (
     onnx_runner,
 )
 from rankwise.analysis.macs import Inputs, count_macs, own_macs
+from rankwise.analysis.profile_result import ModelProfile, ProfileRow
 from rankwise.errors import ConfigError
+from rankwise.io.export_precision import to_deploy
 from rankwise.layers.base import FactorizedLayer
 from rankwise.layers.shapes import ConvSpec, LinearSpec, conv2d_macs, linear_macs
 
@@ -97,97 +99,6 @@ def factorized_macs(layer: FactorizedLayer, input_shape: tuple[int, ...]) -> int
 def unique_params(module: nn.Module) -> int:
     """Sum of `numel` over the module's parameters, each shared tensor once."""
     return sum(p.numel() for p in module.parameters())
-
-
-@dataclass
-class ProfileRow:
-    """One conv/linear/factorized layer; `other` rows collect params outside such layers."""
-
-    name: str
-    type: str
-    shape: tuple[int, ...] | None
-    format: str | None
-    rank: int | tuple[int, ...] | None
-    params: int
-    macs: int
-    params_share: float = 0.0
-    macs_share: float = 0.0
-
-
-@dataclass
-class ModelProfile:
-    """Per-layer rows, totals (params, MACs/sample), ratios vs a dense baseline, latency (ms)."""
-
-    rows: list[ProfileRow]
-    params: int
-    macs: int
-    input_shape: tuple[int, ...]
-    latency: dict[int, dict[str, float]] = field(default_factory=dict)
-    baseline: dict[str, Any] | None = None
-    precision: str = "fp32"
-    runtime: str = "torch"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data."""
-        rows = []
-        for r in self.rows:
-            d = asdict(r)
-            d["shape"] = list(r.shape) if r.shape is not None else None
-            d["rank"] = list(r.rank) if isinstance(r.rank, tuple) else r.rank
-            rows.append(d)
-        return {
-            "input_shape": list(self.input_shape),
-            "params": self.params,
-            "macs": self.macs,
-            "precision": self.precision,
-            "runtime": self.runtime,
-            "latency_ms": {str(b): dict(v) for b, v in self.latency.items()},
-            "baseline": None if self.baseline is None else {
-                **self.baseline,
-                "speedup": {str(b): v for b, v in self.baseline.get("speedup", {}).items()}},
-            "rows": rows,
-        }
-
-    def __rich__(self) -> Any:
-        from rich.console import Group
-        from rich.table import Table
-
-        table = Table(title=f"profile, input {tuple(self.input_shape)}, MACs per sample")
-        for col in ("layer", "type", "shape", "format", "rank", "params", "MACs", "params %",
-                    "MACs %"):
-            num = col[0] in "pM"
-            table.add_column(col, justify="right" if num else "left", no_wrap=num,
-                             overflow="fold")
-        for r in self.rows:
-            fmt = r.format or ("dense" if r.shape is not None else "")
-            table.add_row(r.name, r.type, _fmt_shape(r.shape), fmt,
-                          "" if r.rank is None else str(r.rank), f"{r.params:,}", f"{r.macs:,}",
-                          f"{100 * r.params_share:.1f}", f"{100 * r.macs_share:.1f}")
-        table.add_section()
-        table.add_row("total", "", "", "", "", f"{self.params:,}", f"{self.macs:,}", "100.0",
-                      "100.0")
-        lines = []
-        if self.baseline:
-            b = self.baseline
-            lines.append(f"vs dense baseline: params ×{b['params_ratio']:.3f}, "
-                         f"MACs ×{b['macs_ratio']:.3f}")
-            for bs, s in b.get("speedup", {}).items():
-                lines.append(f"  speedup at batch {bs}: {s:.2f}×")
-        for bs, v in self.latency.items():
-            where = self.precision if self.runtime == "torch" else \
-                f"{self.precision}, {self.runtime}"
-            lines.append(f"latency batch {bs} ({where}): median {v['median_ms']:.3f} ms, "
-                         f"IQR {v['iqr_ms']:.3f} ms")
-        return Group(table, *lines)
-
-    def print(self, console: Any = None) -> None:
-        from rich.console import Console
-
-        (console or Console()).print(self)
-
-
-def _fmt_shape(shape: tuple[int, ...] | None) -> str:
-    return "" if shape is None else "×".join(str(s) for s in shape)
 
 
 def _counted_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -288,13 +199,17 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
                   baseline: nn.Module | ModelProfile | None = None, latency: bool = True,
                   batch_sizes: Sequence[int] = (1, 8), device: torch.device | str = "cpu",
                   min_run_time: float = 0.2, example_inputs: Inputs | None = None,
-                  precision: str = "fp32", runtime: str = "torch") -> ModelProfile:
+                  precision: str = "fp32", runtime: str = "torch",
+                  deploy: bool = False) -> ModelProfile:
     """Profile `model` on inputs of shape `(B, *input_shape)` (zeros), or on `example_inputs`
     (tensor / tuple / dict of keyword inputs, re-batched to each `B` for latency).
 
     `precision`: "fp32", or "bf16" (latency under bfloat16 autocast, on CPU too). `runtime`:
     "torch" (eager), or "onnxruntime" (the model exported to a float32 ONNX graph and timed in
-    ONNX Runtime on CPU, `io.onnx_file`; fp32 only). `baseline`
+    ONNX Runtime on CPU, `io.onnx_file`; fp32 only). `deploy`: time the deployed copy
+    (`io.export_precision.to_deploy`: BN folded, weights and activations in `precision`,
+    channels_last; what `rankwise export` writes) instead of autocast over the float32 model; the
+    baseline is deployed the same way; image inputs only. `baseline`
     (a dense model or its profile) adds `params_ratio`, `macs_ratio` and, when both have latency,
     `speedup` per batch size (= baseline median / model median). The model is moved to `device`
     on a copy when it lives elsewhere; the caller's model is not modified. A model on the meta
@@ -310,6 +225,12 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
     if runtime == "onnxruntime" and (precision != "fp32" or torch.device(device).type != "cpu"):
         raise ConfigError("profile_model: runtime='onnxruntime' times the float32 graph on CPU; "
                           "pass precision='fp32' and device='cpu' (CLI: --precision fp32)")
+    if deploy and runtime != "torch":
+        raise ConfigError("profile_model: deploy=True times eager PyTorch; ONNX Runtime folds BN "
+                          "itself, so drop deploy (CLI: --deploy) for runtime='onnxruntime'")
+    if deploy and example_inputs is not None:
+        raise ConfigError("profile_model: deploy=True deploys image models (one (B, C, H, W) "
+                          "input); drop deploy (CLI: --deploy) for models with keyword inputs")
     p = next(iter(model.parameters()), None)
     if p is not None and p.is_meta:
         if latency:
@@ -325,19 +246,23 @@ def profile_model(model: nn.Module, input_shape: Sequence[int] | None = None,
     else:
         shape = tuple(int(s) for s in input_shape or ())
     rows, params, macs = count(model, shape, example_inputs)
-    prof = ModelProfile(rows, params, macs, shape, precision=precision, runtime=runtime)
+    prof = ModelProfile(rows, params, macs, shape, precision=precision, runtime=runtime,
+                        deploy=deploy)
     if latency:
-        timed = model if runtime == "torch" else onnx_runner(model, shape, example_inputs)
+        if runtime == "onnxruntime":
+            timed = onnx_runner(model, shape, example_inputs)
+        else:  # a deployed copy carries its precision in its weights: no autocast
+            timed = to_deploy(model, precision) if deploy else model
         for bs in batch_sizes:
             prof.latency[int(bs)] = measure_latency(timed, shape, int(bs), dev, min_run_time,
                                                     example_inputs=example_inputs,
-                                                    precision=precision)
+                                                    precision="fp32" if deploy else precision)
     if baseline is not None:
         if isinstance(baseline, nn.Module):
             baseline = profile_model(baseline, shape, latency=latency, batch_sizes=batch_sizes,
                                      device=device, min_run_time=min_run_time,
                                      example_inputs=example_inputs, precision=precision,
-                                     runtime=runtime)
+                                     runtime=runtime, deploy=deploy)
         prof.baseline = {
             "params": baseline.params,
             "macs": baseline.macs,

@@ -96,7 +96,7 @@ def profile_command(args: argparse.Namespace) -> int:
                          batch_sizes=batch_sizes, device=args.device,
                          min_run_time=args.min_run_time,
                          example_inputs=None if isinstance(inputs, torch.Tensor) else inputs,
-                         precision=args.precision, runtime=args.runtime)
+                         precision=args.precision, runtime=args.runtime, deploy=args.deploy)
     if args.json:
         from rankwise.io.atomic import json_text
 
@@ -120,6 +120,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the timing runs")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="latency in fp32 or under bf16 autocast (default fp32)")
+    p.add_argument("--deploy", action="store_true",
+                   help="time the deployed copy (BN folded, weights and activations in "
+                        "--precision, channels_last; what `rankwise export` writes) instead of "
+                        "autocast over float32 weights; the dense baseline likewise")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="time eager PyTorch, or the model exported to a float32 ONNX graph in "
                         "ONNX Runtime (needs the export extra; fp32 only)")

@@ -124,6 +124,38 @@ def test_onnx_runtime_latency_times_the_exported_graph(monkeypatch):
         profile_model(new, (3, 8, 8), runtime="tensorrt")
 
 
+def test_deploy_times_the_folded_copy_in_its_precision(monkeypatch):
+    import rankwise.analysis.profile as profile
+
+    model = small_cnn().eval()
+    new, _ = decompose(model, "channel", Ratio(0.25), input_shape=(3, 8, 8))
+    timed = []
+
+    def spy(m, shape, bs, dev, min_run_time, example_inputs=None, precision="fp32"):
+        timed.append((m, precision))
+        return {"median_ms": 1.0, "iqr_ms": 0.0, "blocks": 5.0}
+
+    monkeypatch.setattr(profile, "measure_latency", spy)
+    prof = profile_model(new, (3, 8, 8), baseline=model, batch_sizes=(2,), precision="bf16",
+                         deploy=True)
+    (fact, p1), (dense, p2) = timed
+    assert p1 == p2 == "fp32"  # the deployed copy carries bf16 in its weights: no autocast
+    assert fact.precision == dense.precision == "bf16" and dense.folded == 1
+    assert {p.dtype for p in dense.parameters()} == {torch.bfloat16}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in dense.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # caller's model intact
+    assert prof.to_dict()["deploy"] is True
+    buf = _io.StringIO()
+    Console(file=buf, width=160).print(prof)
+    assert "latency batch 2 (bf16, deployed)" in buf.getvalue()
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(dense(x), model(x), atol=0.1, rtol=0.05)  # bf16 of the same function
+    with pytest.raises(ConfigError, match="ONNX Runtime folds BN"):
+        profile_model(new, (3, 8, 8), runtime="onnxruntime", deploy=True)
+    with pytest.raises(ConfigError, match="keyword inputs"):
+        profile_model(new, example_inputs={"x": x}, deploy=True)
+
+
 def test_bad_input_shape():
     with pytest.raises(ConfigError, match="input_shape"):
         profile_model(small_cnn(), (4, 8, 8), latency=False)

@@ -67,6 +67,11 @@ def test_decompose_then_load_and_profile(tmp_path, zoo, capsys):
     prof = json.loads(capsys.readouterr().out)
     assert prof["params"] == summary["params"] and prof["baseline"]["params_ratio"] < 1
     assert prof["latency_ms"] == {}
+    assert main(["profile", str(out), "--deploy", "--precision", "bf16", "--batch-sizes", "2",
+                 "--min-run-time", "0.01", "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["deploy"] is True and prof["precision"] == "bf16"
+    assert set(prof["latency_ms"]) == set(prof["baseline"]["speedup"]) == {"2"}
 
 
 def test_decompose_from_checkpoint_dir_and_safetensors(tmp_path, zoo, capsys):
