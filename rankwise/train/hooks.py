@@ -8,13 +8,35 @@ them from this loop are in `rankwise.train.method_hooks`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from rankwise.train.trainer import Trainer
+from rankwise.train.config import TrainConfig
+
+
+class Trainer(Protocol):
+    """What a hook may read or change in the loop that calls it; `rankwise.train.Trainer` (and
+    any loop that drives hooks) has these. Declared here so that hooks need not import the loop
+    that imports them."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    out_dir: Path
+    meta: dict[str, Any]
+    epoch: int
+    global_step: int
+    steps_per_epoch: int
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0, or the only one)."""
+        ...
 
 
 class Hook:
