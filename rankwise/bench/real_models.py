@@ -39,9 +39,10 @@ from torch import nn
 from rankwise.analysis.latency import measure_latency
 from rankwise.analysis.macs import call_model
 from rankwise.analysis.profile import count
-from rankwise.bench.real_models_export import TensorOut, export_paths, first_out, split_args
+from rankwise.bench.real_models_export import export_paths, split_args
 from rankwise.bench.real_models_report import section
 from rankwise.io.atomic import atomic_write
+from rankwise.io.onnx_file import FirstOutput, first_tensor
 from rankwise.layers.base import FactorizedLayer
 from rankwise.models.resolve import build_model, example_inputs, random_inputs
 
@@ -100,7 +101,7 @@ def fvcore_macs(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
         return None
     args, kwargs = split_args(inputs)
     if kwargs:  # fvcore traces positional tensors in, tensors out
-        model, args = TensorOut(model, tuple(kwargs)), tuple(kwargs.values())
+        model, args = FirstOutput(model, tuple(kwargs)), tuple(kwargs.values())
     try:
         fa = FlopCountAnalysis(model, args)
         fa.unsupported_ops_warnings(False)
@@ -170,8 +171,8 @@ def _init_zero_heads(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir: Path,
-              workdir: Path) -> dict[str, Any]:
+def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir: Path
+              ) -> dict[str, Any]:
     """One model's JSON record (see the module docstring)."""
     from rankwise.surgery.decompose import decompose
 
@@ -199,7 +200,7 @@ def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir
     for name, model in variants.items():
         try:
             rec["variants"][name] = _variant(name, model, dense, inputs, precisions, min_run,
-                                             backend, workdir)
+                                             backend)
         except Exception as e:  # e.g. a tltorch layer failing in forward: keep the other row
             rec["variants"][name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
             continue
@@ -208,22 +209,21 @@ def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir
 
 
 def _variant(name: str, model: nn.Module, dense: nn.Module, inputs: Any,
-             precisions: tuple[str, ...], min_run: float, backend: str,
-             workdir: Path) -> dict[str, Any]:
+             precisions: tuple[str, ...], min_run: float, backend: str) -> dict[str, Any]:
     """One factorized variant's record: formats, measurements, deviation, export cells."""
     formats = sorted({type(m).__name__ if name == "tltorch" else m.format
                       for m in model.modules()
                       if isinstance(m, FactorizedLayer) or type(m).__module__.startswith(
                           "tltorch")} - {"FactorizedTensor"})
     with torch.no_grad():
-        deviation = float((first_out(call_model(model, inputs))
-                           - first_out(call_model(dense, inputs))).abs().max())
+        deviation = float((first_tensor(call_model(model, inputs))
+                           - first_tensor(call_model(dense, inputs))).abs().max())
     return {
         "formats": formats,
         **measure(model, inputs, precisions, min_run),
         "output_deviation_from_dense": deviation,
         "compile_backend": backend,
-        "export": export_paths(model, inputs, backend, workdir),
+        "export": export_paths(model, inputs, backend),
     }
 
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in [k.strip() for k in args.models.split(",") if k.strip()]:
             start = time.perf_counter()
             try:
-                rec = run_model(key, MODELS[key], args.ratio, args.quick, work, work)
+                rec = run_model(key, MODELS[key], args.ratio, args.quick, work)
             except Exception as e:  # one model's failure must not lose the others' results
                 print(f"{key}: failed: {type(e).__name__}: {e}", flush=True)
                 continue

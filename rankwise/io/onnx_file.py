@@ -54,14 +54,56 @@ def _inputs(example: torch.Tensor | Mapping[str, torch.Tensor] | tuple[torch.Ten
     return args, {}, ["input" if i == 0 else f"input_{i}" for i in range(len(args))]
 
 
-def _on_cpu(t: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of `t`, floating tensors in float32 (the graph's dtype)."""
-    return (t.float() if t.is_floating_point() else t).cpu()
+def _trace_input(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of `t`, floating tensors in float32 (the graph's dtype), with at least two
+    rows: `torch.export` specializes a dimension whose example size is 1 (its "0/1
+    specialization"), so a batch-1 example cannot leave the batch dynamic; on ConvNeXt it fails
+    outright ("Invalid ranges [2:1]"). A single row is repeated."""
+    t = (t.float() if t.is_floating_point() else t).cpu()
+    return t.expand(2, *t.shape[1:]).contiguous() if t.dim() and t.shape[0] == 1 else t
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The first tensor of a model's output: itself, `.logits` (Hugging Face), the first tensor
+    value of a dict, or element 0 of a tuple / list."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, Mapping):
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+    return out[0]
+
+
+class FirstOutput(nn.Module):
+    """`model` called with the graph's input tensors, positionally or as the keywords `keys`,
+    returning `first_tensor` of its output: the one output `OnnxModel` returns, and no cache
+    object (Hugging Face's `DynamicCache`, which the exporter cannot flatten) in the graph."""
+
+    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if self.keys:
+            return first_tensor(self.model(**dict(zip(self.keys, tensors, strict=True))))
+        return first_tensor(self.model(*tensors))
+
+
+def _cause(e: Exception) -> str:
+    """The line that says why an export failed: the exporter's "Exception summary" when it
+    gives one (its first line is only a generic 'Failed to export'), else the first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("## Exception summary") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(e).__name__
 
 
 def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> bytes:
     """The serialized ONNX graph of `model` (a float32 eval-mode CPU copy) traced on `example`,
-    with a dynamic batch dimension (dim 0) on every input tensor."""
+    with a dynamic batch dimension (dim 0) on every input tensor and one output, the model's
+    first tensor (`first_tensor`: Hugging Face models give their logits)."""
     try:
         import onnxscript  # noqa: F401 - the exporter's graph builder
     except ImportError as e:
@@ -73,22 +115,19 @@ def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> byte
     if size >= 2**31:
         raise ConfigError(f"ONNX export: {type(model).__name__} holds {size / 2**30:.1f} GiB of "
                           "float32 tensors; one ONNX file holds at most 2 GiB (protobuf)")
-    model = copy.deepcopy(model).float().cpu().eval()
+    graph = FirstOutput(copy.deepcopy(model).float().cpu().eval(), tuple(kwargs))
+    tensors = tuple(_trace_input(t) for t in (*args, *kwargs.values()))
     batch = torch.export.Dim("batch", min=1)
-    dims = [{0: batch} for _ in names]
-    shapes: Any = dict(zip(names, dims, strict=True)) if kwargs else tuple(dims)
-    args = tuple(_on_cpu(t) for t in args)
-    kwargs = {k: _on_cpu(t) for k, t in kwargs.items()}
+    shapes = (tuple({0: batch} for _ in tensors),)  # the one *tensors parameter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecations
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True,
-                                        dynamic_shapes=shapes, input_names=names,
-                                        opset_version=opset, verbose=False)
+            program = torch.onnx.export(graph, tensors, dynamo=True, dynamic_shapes=shapes,
+                                        input_names=names, opset_version=opset, verbose=False)
         except Exception as e:  # the exporter raises many types; name the model and the cause
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"ONNX export of {type(model).__name__} failed: {first}") from e
+            raise ConfigError(f"ONNX export of {type(model).__name__} failed: {_cause(e)}") \
+                from e
     return program.model_proto.SerializeToString()
 
 
@@ -134,4 +173,5 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(None, arrays)[0])
 
 
-__all__ = ["INSTALL_HINT", "OnnxModel", "export_onnx", "onnx_bytes", "onnxruntime"]
+__all__ = ["INSTALL_HINT", "FirstOutput", "OnnxModel", "export_onnx", "first_tensor", "onnx_bytes",
+           "onnxruntime"]

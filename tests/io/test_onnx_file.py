@@ -42,7 +42,9 @@ def test_factorized_model_runs_in_onnx_runtime_like_eager_at_every_batch(tmp_pat
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"ChannelLowRankConv2d", "SpatialLowRankConv2d", "Tucker2Conv2d",
             "LowRankLinear"} <= kinds
-    path = export_onnx(model, tmp_path / "m.onnx", torch.zeros(2, 3, 16, 16))
+    # a batch-1 example still leaves the batch dynamic (traced on two rows: torch.export
+    # specializes a size-1 dimension)
+    path = export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 3, 16, 16))
     assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
     runner = OnnxModel(path, threads=1)
     for batch in (1, 3):
@@ -71,6 +73,38 @@ def test_keyword_inputs_keep_their_names() -> None:
         assert torch.allclose(runner(pixel_values=x), model(x), atol=1e-6)
     with pytest.raises(ConfigError, match="pixel_values"):
         runner()
+
+
+def test_outputs_the_exporter_cannot_flatten_are_reduced_to_the_first_tensor() -> None:
+    class Cache:  # like Hugging Face's DynamicCache: an object torch.export cannot flatten
+        def __init__(self, t: torch.Tensor) -> None:
+            self.t = t
+
+    class WithCache(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, input_ids: torch.Tensor) -> dict[str, object]:
+            h = self.fc(input_ids.float())
+            return {"logits": h, "past_key_values": Cache(h)}
+
+    model = WithCache().eval()
+    runner = OnnxModel(onnx_bytes(model, {"input_ids": torch.ones(1, 5, dtype=torch.long)}))
+    ids = torch.randint(0, 9, (3, 5))
+    with torch.no_grad():
+        assert torch.allclose(runner(input_ids=ids), model(ids)["logits"], atol=1e-6)
+
+
+def test_export_failures_name_the_exporters_reason(monkeypatch) -> None:
+    def fail(*a, **k):
+        raise RuntimeError("Failed to export the model with torch.export. Next steps:\n- a\n\n"
+                           "## Exception summary\n\n<class 'UserError'>: Invalid ranges [2:1]\n")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with pytest.raises(ConfigError, match=r"ONNX export of Linear failed: <class 'UserError'>: "
+                                          r"Invalid ranges \[2:1\]$"):
+        onnx_bytes(nn.Linear(2, 2), torch.zeros(1, 2))
 
 
 def test_missing_onnx_runtime_and_unreadable_graphs_are_config_errors(monkeypatch,

@@ -89,7 +89,7 @@ def test_compressed_model_runs_through_five_paths(name, tmp_path):
         scale = float(_first(small(*ex)).abs().max())
     assert scale > 0, name
 
-    cells = export_paths(small, inputs, compile_backend="aot_eager", workdir=tmp_path)
+    cells = export_paths(small, inputs, compile_backend="aot_eager")
     assert set(cells) == set(PATHS)
     for path, cell in cells.items():
         if path == "script" and not cell["ok"] and name in SCRIPT_REFUSES:
