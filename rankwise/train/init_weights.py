@@ -16,7 +16,6 @@ from pathlib import Path
 from torch import nn
 
 from rankwise.errors import CheckpointError
-from rankwise.io.model_file import file_sha256
 from rankwise.io.state_file import load_state_file
 
 
@@ -40,11 +39,9 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike[str],
     `CheckpointError` naming the first few; so does a file whose sha256 is no longer `sha256`
     (the digest the run recorded when it started)."""
     file = init_source(path)
-    if sha256 is not None and file_sha256(file) != sha256:
-        raise CheckpointError(f"--init {file} changed after the run recorded its sha256 "
-                              f"{sha256[:12]}…; start the run again")
     load_state_file(model, file, "pass a trained model of the same zoo architecture, width and "
-                    "number of classes (dense, not factorized)")
+                    "number of classes (dense, not factorized)", sha256,
+                    "--init changed after the run started: start the run again")
     return file
 
 

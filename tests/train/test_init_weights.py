@@ -67,5 +67,8 @@ def test_init_weights_that_changed_after_the_digest_are_refused(tmp_path):
     digest = file_sha256(file)
     load_init_weights(model, file, digest)  # unchanged: loads
     save_file({k: v + 1 for k, v in model.state_dict().items()}, str(file))
-    with pytest.raises(CheckpointError, match="changed after the run recorded its sha256"):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"changed after its sha256 .* was recorded; "
+                                              r"--init changed after the run started"):
         load_init_weights(model, file, digest)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
