@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 
-def _relative_diff(ref: torch.Tensor, got: torch.Tensor) -> float:
-    ref, got = getattr(ref, "logits", ref), getattr(got, "logits", got)
+def _relative_diff(ref: Any, got: Any) -> float:
+    from rankwise.io.onnx_file import first_tensor  # HF outputs: logits or the first tensor
+
+    ref, got = first_tensor(ref), first_tensor(got)
     scale = float(ref.abs().max().clamp_min(1e-12))
     return float((got.float() - ref.float()).abs().max()) / scale
 

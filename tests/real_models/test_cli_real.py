@@ -4,6 +4,7 @@ architecture a `module:factory` spec) is decomposed losslessly by `rankwise deco
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from rankwise.cli import main
 from rankwise.io import load, save
+from rankwise.io.onnx_file import first_tensor
 from tests.real_models.conftest import MODELS, calibrate_norms, make_low_rank, model_only
 
 SPEC = "tests.real_models.conftest:model_only"
@@ -47,3 +49,17 @@ def test_cli_decompose_lossless_then_load(name, tmp_path, capsys):
     assert float((got - y).abs().max()) <= 5e-5 * float(y.abs().max())
     assert main(["load", str(tmp_path / "small")]) == 0
     capsys.readouterr()
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    # the ONNX copy a user deploys: traced on the saved batch-1 example, run at batch 3
+    assert main(["export", str(tmp_path / "small"), str(tmp_path / "onnx"), "--format", "onnx",
+                 "--check"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["max_abs_diff_vs_fp32_relative"] < 1e-4
+    from rankwise.io.onnx_file import OnnxModel
+
+    x3 = torch.cat([ex[0], ex[0].flip(-1), ex[0]])
+    with torch.no_grad():
+        ref = first_tensor(small(x3))
+    got = OnnxModel(tmp_path / "onnx" / "model.onnx")(x3)
+    assert got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4 * float(
+        ref.abs().max()), name
