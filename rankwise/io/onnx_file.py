@@ -115,7 +115,7 @@ def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> byte
     if size >= 2**31:
         raise ConfigError(f"ONNX export: {type(model).__name__} holds {size / 2**30:.1f} GiB of "
                           "float32 tensors; one ONNX file holds at most 2 GiB (protobuf)")
-    graph = FirstOutput(copy.deepcopy(model).float().cpu().eval(), tuple(kwargs))
+    graph = FirstOutput(copy.deepcopy(model).float().cpu().eval(), tuple(kwargs)).eval()
     tensors = tuple(_trace_input(t) for t in (*args, *kwargs.values()))
     batch = torch.export.Dim("batch", min=1)
     shapes = (tuple({0: batch} for _ in tensors),)  # the one *tensors parameter
