@@ -55,10 +55,12 @@ def section(results_root: str | Path) -> str:
         f"Tucker at the same parameter ratio per layer (grouped convs stay dense: tltorch's "
         f"FactorizedConv has no groups). Ratios are dense ÷ factorized for params and MACs (per "
         f"sample) and for batch-1 CPU latency (> 1× = faster; bf16 = autocast), medians of "
-        f"timed blocks interleaving dense and factorized on a core shared with other jobs, so "
-        f"latency ratios are indicative only. Export cells: max abs deviation from eager "
+        f"timed blocks interleaving dense and factorized, 1 thread, with training jobs running "
+        f"on the machine, so latency ratios are indicative only. Export cells: max abs "
+        f"deviation from eager "
         f"relative to the largest output entry, or the error; compile is inductor with "
-        f"`fullgraph=True`.",
+        f"`fullgraph=True`; onnx is the graph `rankwise export --format onnx` writes (float32, "
+        f"dynamic batch, traced on the batch-1 example) run in ONNX Runtime.",
         "",
         "| model | library | formats | params × | MACs × | fp32 latency × | bf16 latency × | "
         + " | ".join(PATHS) + " |",
