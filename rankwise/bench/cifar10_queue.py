@@ -3,7 +3,8 @@
 
 A step is runnable when every run it reads has finished: the runs its row `needs`, the earlier
 steps of its row, and the run named by a `{macs:RUN}` placeholder. After each step the list is
-worked out again, so a decomposition waiting for a TRP run starts as soon as that run is done.
+worked out again, so a decomposition waiting for a TRP run starts as soon as that run is done
+(short steps go before full trainings).
 A training stopped after an epoch (`cifar10_steps.resumes`: its `checkpoint.pt`, or a
 decomposition's `finetune/checkpoint.pt`) continues with `--resume`. Each step is claimed with
 an `flock` (`.NAME.queue.lock` beside its run directory), so two queues started on two cores
@@ -39,8 +40,10 @@ def _argv(step: Step, runs_dir: Path) -> tuple[str, ...]:
 
 
 def runnable(rows: Sequence[BenchRow], runs_dir: Path) -> list[Ready]:
-    """Unfinished steps whose inputs have all finished, trainings first (`commands` order),
-    each run once."""
+    """Unfinished steps whose inputs have all finished, each once, the short ones first: sweeps,
+    compression and decompositions (at most a 10-epoch fine-tuning) before the full trainings,
+    each group in `commands` order. A row's result lands as soon as its inputs exist, and no
+    step waits behind a training that does not feed it."""
     runs_dir = Path(runs_dir)
     producer = {s.out: s for r in rows for s in r.steps}
 
@@ -62,7 +65,7 @@ def runnable(rows: Sequence[BenchRow], runs_dir: Path) -> list[Ready]:
                 ready[step.out] = Ready(step, _argv(step, runs_dir))
             except NotFinished:
                 continue
-    return sorted(ready.values(), key=lambda r: r.step.argv[0] != "train")
+    return sorted(ready.values(), key=lambda r: r.step.argv[0] == "train")
 
 
 def _subprocess(argv: Sequence[str]) -> int:

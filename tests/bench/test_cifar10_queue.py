@@ -72,6 +72,18 @@ def test_a_stopped_training_resumes_and_a_failed_step_blocks_only_its_dependents
     assert waiting == {"r20-dense-cpu60"}  # what is left can only start once dense exists
 
 
+def test_short_steps_go_before_full_trainings(tmp_path: Path) -> None:
+    dense = tmp_path / "r20-dense-cpu60"
+    dense.mkdir()
+    (dense / MARKERS[dense.name]).write_text("{}")
+    kinds = [r.step.argv[0] for r in runnable(ROWS, tmp_path)]
+    assert "train" in kinds and {"decompose", "sweep"} <= set(kinds)
+    assert kinds == sorted(kinds, key=lambda k: k == "train")  # every training after the rest
+    cli = FakeCli(tmp_path)
+    run_queue(ROWS, tmp_path, execute=cli, log=lambda _: None)
+    assert cli.calls[0][0] in ("decompose", "sweep")  # the dense run's steps did not wait
+
+
 def test_a_decomposition_stopped_while_fine_tuning_resumes(tmp_path: Path) -> None:
     dense = tmp_path / "r20-dense-cpu60"
     dense.mkdir()
