@@ -2,7 +2,8 @@
 
 `export_onnx(model, path, example)` traces `model` in eval mode with torch's ONNX exporter
 (`torch.onnx.export(..., dynamo=True)`), the batch dimension of every input left dynamic, and
-writes one self-contained `.onnx` file atomically. ONNX Runtime folds BatchNorm into the convs
+writes one self-contained `.onnx` file atomically (a model of more than 2 GiB of float32 weights
+keeps them in `<file>.data` beside it). ONNX Runtime folds BatchNorm into the convs
 itself when it loads the graph. `OnnxModel(path)` runs such a file behind the `nn.Module`
 interface, so evaluation and timing code take it like any model.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +33,7 @@ from rankwise.errors import ConfigError
 from rankwise.io.atomic import atomic_write
 
 INSTALL_HINT = "pip install 'rankwise[export]' (onnx, onnxruntime, onnxscript)"
+PROTO_LIMIT = 2**31 - 2**26  # float32 weight bytes one serialized graph holds, with a margin
 
 
 def onnxruntime() -> Any:
@@ -100,8 +103,13 @@ def _cause(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> bytes:
-    """The serialized ONNX graph of `model` (a float32 eval-mode CPU copy) traced on `example`,
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of `model`'s parameters and buffers in float32 (what the graph stores)."""
+    return sum(4 * t.numel() for t in (*model.parameters(), *model.buffers()))
+
+
+def onnx_program(model: nn.Module, example: Any, opset: int | None = None) -> Any:
+    """The `torch.onnx.ONNXProgram` of `model` (a float32 eval-mode CPU copy) traced on `example`,
     with a dynamic batch dimension (dim 0) on every input tensor and one output, the model's
     first tensor (`first_tensor`: Hugging Face models give their logits)."""
     try:
@@ -111,10 +119,6 @@ def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> byte
     args, kwargs, names = _inputs(example)
     if any(not isinstance(t, torch.Tensor) for t in (*args, *kwargs.values())):
         raise ConfigError("ONNX export: every model input must be a tensor")
-    size = sum(4 * t.numel() for t in (*model.parameters(), *model.buffers()))
-    if size >= 2**31:
-        raise ConfigError(f"ONNX export: {type(model).__name__} holds {size / 2**30:.1f} GiB of "
-                          "float32 tensors; one ONNX file holds at most 2 GiB (protobuf)")
     graph = FirstOutput(copy.deepcopy(model).float().cpu().eval(), tuple(kwargs)).eval()
     tensors = tuple(_trace_input(t) for t in (*args, *kwargs.values()))
     batch = torch.export.Dim("batch", min=1)
@@ -123,20 +127,43 @@ def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> byte
         warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecations
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            program = torch.onnx.export(graph, tensors, dynamo=True, dynamic_shapes=shapes,
-                                        input_names=names, opset_version=opset, verbose=False)
+            return torch.onnx.export(graph, tensors, dynamo=True, dynamic_shapes=shapes,
+                                     input_names=names, opset_version=opset, verbose=False)
         except Exception as e:  # the exporter raises many types; name the model and the cause
             raise ConfigError(f"ONNX export of {type(model).__name__} failed: {_cause(e)}") \
                 from e
-    return program.model_proto.SerializeToString()
+
+
+def onnx_bytes(model: nn.Module, example: Any, opset: int | None = None) -> bytes:
+    """The serialized ONNX graph of `model` (`onnx_program`), weights inside: models whose
+    float32 weights reach `PROTO_LIMIT` are refused (write them with `export_onnx`)."""
+    size = weight_bytes(model)
+    if size >= PROTO_LIMIT:
+        raise ConfigError(f"ONNX export: {type(model).__name__} holds {size / 2**30:.1f} GiB of "
+                          "float32 tensors, more than one serialized ONNX graph holds (2 GiB); "
+                          "write it to a file with export_onnx (CLI: rankwise export --format "
+                          "onnx), which keeps the weights in a .data file beside the graph")
+    return onnx_program(model, example, opset).model_proto.SerializeToString()
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: Any,
                 opset: int | None = None) -> Path:
-    """Write `model` as one ONNX file at `path` (atomically: a temporary file renamed into
-    place); `example`: a tensor `(B, ...)`, a tuple of tensors or keyword tensors."""
+    """Write `model` as an ONNX graph at `path`; `example`: a tensor `(B, ...)`, a tuple of
+    tensors or keyword tensors. Below `PROTO_LIMIT` of float32 weights, one file (a temporary
+    file renamed into place). Above it, the weights go to `<path>.data` (ONNX external data,
+    which ONNX Runtime reads from beside the graph): both are written in a temporary folder
+    next to `path` and renamed into place, the weights first."""
     path = Path(path)
-    atomic_write(path, onnx_bytes(model, example, opset))
+    if weight_bytes(model) < PROTO_LIMIT:
+        atomic_write(path, onnx_bytes(model, example, opset))
+        return path
+    program = onnx_program(model, example, opset)
+    data = path.with_name(path.name + ".data")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        program.save(str(Path(tmp) / path.name), external_data=True)
+        os.replace(Path(tmp) / data.name, data)
+        os.replace(Path(tmp) / path.name, path)
     return path
 
 
@@ -173,5 +200,5 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(None, arrays)[0])
 
 
-__all__ = ["INSTALL_HINT", "FirstOutput", "OnnxModel", "export_onnx", "first_tensor", "onnx_bytes",
-           "onnxruntime"]
+__all__ = ["INSTALL_HINT", "PROTO_LIMIT", "FirstOutput", "OnnxModel", "export_onnx", "first_tensor",
+           "onnx_bytes", "onnx_program", "onnxruntime", "weight_bytes"]

@@ -74,6 +74,20 @@ def test_export_onnx_runs_in_onnx_runtime_like_float32(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx"]) == 0
 
 
+def test_export_onnx_of_a_model_past_the_protobuf_limit_keeps_a_data_file(tmp_path, capsys,
+                                                                           monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import rankwise.io.onnx_file as onnx_file
+
+    _saved(tmp_path)
+    monkeypatch.setattr(onnx_file, "PROTO_LIMIT", 1024)
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx",
+                 "--check"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_diff_vs_fp32_relative"] < 1e-5
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "model.onnx", "model.onnx.data", "onnx.json"]
+
+
 def test_export_onnx_refuses_bf16_in_one_line(tmp_path, capsys):
     _saved(tmp_path)
     assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx",

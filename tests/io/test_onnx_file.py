@@ -57,6 +57,24 @@ def test_factorized_model_runs_in_onnx_runtime_like_eager_at_every_batch(tmp_pat
         assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
 
 
+def test_weights_past_the_protobuf_limit_go_to_a_data_file_beside_the_graph(
+        tmp_path, monkeypatch) -> None:
+    import rankwise.io.onnx_file as onnx_file
+
+    model = _factorized()
+    monkeypatch.setattr(onnx_file, "PROTO_LIMIT", 1024)  # this model's weights are larger
+    with pytest.raises(ConfigError, match="keeps the weights in a .data file"):
+        onnx_bytes(model, torch.zeros(1, 3, 16, 16))
+    path = export_onnx(model, tmp_path / "big" / "m.onnx", torch.zeros(1, 3, 16, 16))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (path.parent / "m.onnx.data").stat().st_size > 0  # large tensors moved out
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+    got = OnnxModel(path)(x)
+    assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
 def test_keyword_inputs_keep_their_names() -> None:
     class Keyed(nn.Module):
         def __init__(self) -> None:
