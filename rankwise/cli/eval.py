@@ -3,7 +3,9 @@
 PATH is a directory with `model.json` + `model.safetensors` (`rankwise.save`, or a finished
 `rankwise train` run), or a run directory that only has `config.json` + `checkpoint.pt` (an
 interrupted run: the model is rebuilt from the config, the method's `prepare_model` applied and
-the checkpoint's weights loaded). The dataset defaults to the one the run was trained on.
+the checkpoint's weights loaded). A `rankwise export` output is evaluated as deployed: a bf16
+copy with its bf16 weights and activations (`load_deploy`), an ONNX copy in ONNX Runtime. The
+dataset defaults to the one the run was trained on.
 """
 
 from __future__ import annotations
@@ -36,9 +38,15 @@ def load_run_model(root: Path, device: str = "cpu") -> tuple[nn.Module, dict[str
     from rankwise import io
 
     config = _run_config(root)
+    if (root / "model.onnx").is_file() and (root / "onnx.json").is_file():
+        return _onnx_copy(root, device)
     if (root / io.CONFIG).is_file():
         saved = io.read_config(root)
         meta = {"input_shape": saved.get("input_shape"), **(saved.get("meta") or {}), **config}
+        if isinstance(meta.get("deploy"), dict):  # `rankwise export`: run it as deployed
+            from rankwise.io.export_precision import load_deploy
+
+            return load_deploy(root).to(device), meta
         from rankwise.compress.artifact import load_compressed  # plain or `compress` output
 
         return load_compressed(root, map_location=device), meta
@@ -61,6 +69,22 @@ def load_run_model(root: Path, device: str = "cpu") -> tuple[nn.Module, dict[str
         raise CheckpointError(f"{root / 'checkpoint.pt'} does not match the model rebuilt from "
                               f"{root / 'config.json'} ({e})") from e
     return model.to(device).eval(), config
+
+
+def _onnx_copy(root: Path, device: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The ONNX graph of a `rankwise export --format onnx` folder in ONNX Runtime, and its
+    metadata (the source's, recorded in onnx.json)."""
+    from rankwise.io.onnx_file import OnnxModel
+
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"{root} is an ONNX copy, run by ONNX Runtime on CPU; pass --device cpu")
+    try:
+        info = json.loads((root / "onnx.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{root / 'onnx.json'} is not valid JSON ({e}); export again") \
+            from e
+    return OnnxModel(root / "model.onnx"), {"input_shape": info.get("input_shape"),
+                                            **(info.get("meta") or {})}
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -87,7 +111,7 @@ def eval_command(args: argparse.Namespace) -> int:
                           "the model was trained on") from e
     out = {"path": str(root), "dataset": spec["name"], "split": args.split, "samples": result["n"],
            "loss": result["loss"], "acc": result["acc"],
-           "params": sum(p.numel() for p in model.parameters())}
+           "params": sum(p.numel() for p in model.parameters()) or None}  # ONNX: not counted
     if args.json:
         from rankwise.io.atomic import json_text
 
@@ -99,7 +123,8 @@ def eval_command(args: argparse.Namespace) -> int:
     table = Table(title=f"rankwise eval: {root}")
     for col in ("dataset", "split", "samples", "params", "loss", "acc"):
         table.add_column(col, justify="right")
-    table.add_row(out["dataset"], out["split"], str(out["samples"]), f"{out['params']:,}",
+    params = "–" if out["params"] is None else f"{out['params']:,}"
+    table.add_row(out["dataset"], out["split"], str(out["samples"]), params,
                   f"{out['loss']:.4f}", f"{100 * out['acc']:.2f} %")
     Console().print(table)
     return 0

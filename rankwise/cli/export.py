@@ -50,7 +50,7 @@ def export_command(args: argparse.Namespace) -> int:
     example = None if shape is None else example_inputs(model, shape)
     with aio.atomic_dir(out, replace_if=replace_if) as tmp:
         if onnx:
-            _write_onnx(model, example, tmp, args.path, shape)
+            _write_onnx(model, example, tmp, args.path, shape, _export_meta(config, args.path))
         else:
             from rankwise.io.export_precision import save_deploy
 
@@ -81,7 +81,8 @@ def _export_meta(config: dict[str, Any], source: str) -> dict[str, Any]:
     return {**meta, "command": "export", "source": str(source)}
 
 
-def _write_onnx(model: Any, example: Any, tmp: Any, source: str, shape: Any) -> None:
+def _write_onnx(model: Any, example: Any, tmp: Any, source: str, shape: Any,
+                meta: dict[str, Any]) -> None:
     from rankwise.io.atomic import atomic_write_json
     from rankwise.io.onnx_file import export_onnx
 
@@ -89,7 +90,8 @@ def _write_onnx(model: Any, example: Any, tmp: Any, source: str, shape: Any) -> 
     names = list(example) if isinstance(example, dict) else ["input"]
     atomic_write_json(tmp / ONNX_FILES[1], {"command": "export", "source": str(source),
                                             "input_shape": list(shape), "input_names": names,
-                                            "dtype": "float32", "dynamic": {"batch": 0}})
+                                            "dtype": "float32", "dynamic": {"batch": 0},
+                                            "meta": meta})
 
 
 def _load_copy(out: Any, onnx: bool) -> Any:

@@ -3,6 +3,7 @@ tolerance of float32; refuses a foreign output folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -121,3 +122,23 @@ def test_export_takes_an_entropy_coded_compress_output(tmp_path, capsys):
     assert main(["export", str(tmp_path / "c"), str(tmp_path / "f"), "--precision", "fp32"]) == 0
     with torch.no_grad():
         assert torch.equal(load_compressed(tmp_path / "f")(x), ref)
+
+
+def test_eval_runs_an_export_as_deployed(tmp_path, capsys):
+    from tests.cli.test_train_cli import eval_json, train
+
+    run = tmp_path / "run"
+    assert train(run, "--model", "resnet20", "--width", "4", epochs=1) == 0
+    source = eval_json(run, capsys)
+    assert main(["export", str(run), str(tmp_path / "bf16")]) == 0
+    bf16 = eval_json(tmp_path / "bf16", capsys)  # dataset from the run's metadata
+    assert bf16["samples"] == source["samples"]
+    assert bf16["params"] < source["params"]  # BatchNorm folded into the convs
+    assert bf16["loss"] != source["loss"]  # bf16 weights and activations, not the fp32 model
+    assert bf16["loss"] == pytest.approx(source["loss"], rel=5e-2)
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    assert main(["export", str(run), str(tmp_path / "onnx"), "--format", "onnx"]) == 0
+    onnx = eval_json(tmp_path / "onnx", capsys)
+    assert onnx["params"] is None and onnx["acc"] == source["acc"]
+    assert onnx["loss"] == pytest.approx(source["loss"], rel=1e-4)
