@@ -8,7 +8,8 @@ worked out again, so a decomposition waiting for a TRP run starts as soon as tha
 A training stopped after an epoch (`cifar10_steps.resumes`: its `checkpoint.pt`, or a
 decomposition's `finetune/checkpoint.pt`) continues with `--resume`. Each step is claimed with
 an `flock` (`.NAME.queue.lock` beside its run directory), so two queues started on two cores
-never run the same step; a killed queue leaves no stale claim. A step that fails is
+never run the same step; a killed queue leaves no stale claim, and a step whose run another
+process is writing (its run lock held) is left to that process. A step that fails is
 not retried by the same queue, which goes on with the others.
 """
 
@@ -68,6 +69,23 @@ def runnable(rows: Sequence[BenchRow], runs_dir: Path) -> list[Ready]:
     return sorted(ready.values(), key=lambda r: r.step.argv[0] == "train")
 
 
+def being_written(out: Path) -> bool:
+    """True while another process holds the run lock of `out` or of its fine-tuning run
+    (`out/finetune`, a decomposition's): a training started by hand, or one a stopped queue
+    left running. The queue leaves such a step alone instead of failing on its lock."""
+    from rankwise.train.rundir import RunLock
+
+    for run in (out, out / "finetune"):
+        lock = RunLock(run)
+        if not lock.path.exists():  # a holder keeps its lock file until it releases
+            continue
+        try:
+            lock.acquire().release()
+        except ConfigError:
+            return True
+    return False
+
+
 def _subprocess(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, "-m", "rankwise", *argv], check=False).returncode
 
@@ -93,8 +111,8 @@ def run_queue(rows: Sequence[BenchRow], runs_dir: Path,
             except ConfigError:  # another queue runs it
                 continue
             try:
-                if step_done(ready.step, runs_dir):  # finished while we looked
-                    continue
+                if step_done(ready.step, runs_dir) or being_written(runs_dir / ready.step.out):
+                    continue  # finished while we looked, or another process writes it
                 argv = _argv(ready.step, runs_dir)  # another queue may have stopped it since
                 log(shlex.join(["rankwise", *argv]))
                 ran[ready.step.out] = execute(argv)
@@ -106,4 +124,4 @@ def run_queue(rows: Sequence[BenchRow], runs_dir: Path,
             return ran
 
 
-__all__ = ["Ready", "run_queue", "runnable"]
+__all__ = ["Ready", "being_written", "run_queue", "runnable"]

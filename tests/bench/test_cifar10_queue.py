@@ -84,6 +84,25 @@ def test_short_steps_go_before_full_trainings(tmp_path: Path) -> None:
     assert cli.calls[0][0] in ("decompose", "sweep")  # the dense run's steps did not wait
 
 
+def test_a_run_another_process_writes_is_left_to_it(tmp_path: Path) -> None:
+    from rankwise.bench.cifar10_queue import being_written
+
+    dense = tmp_path / "r20-dense-cpu60"
+    dense.mkdir()
+    (dense / MARKERS[dense.name]).write_text("{}")
+    assert not being_written(tmp_path / "r20-decomp-vh-ft-cpu60")
+    assert not (tmp_path / "r20-decomp-vh-ft-cpu60").exists()  # looking creates nothing
+    cli = FakeCli(tmp_path)
+    # a training left running by a stopped queue, and a decomposition fine-tuning by hand
+    with RunLock(tmp_path / "r20-trp-vh-cpu60"), \
+            RunLock(tmp_path / "r20-decomp-vh-ft-cpu60" / "finetune"):
+        assert being_written(tmp_path / "r20-trp-vh-cpu60")
+        ran = run_queue(ROWS, tmp_path, execute=cli, log=lambda _: None)
+    assert "r20-trp-vh-cpu60" not in ran and "r20-decomp-vh-ft-cpu60" not in ran
+    assert "r20-trpnu-vh-cpu60" in ran and all(rc == 0 for rc in ran.values())
+    assert not being_written(tmp_path / "r20-trp-vh-cpu60")  # released: the next queue runs it
+
+
 def test_a_decomposition_stopped_while_fine_tuning_resumes(tmp_path: Path) -> None:
     dense = tmp_path / "r20-dense-cpu60"
     dense.mkdir()
