@@ -69,6 +69,10 @@ def resolve_target(target: str, args: argparse.Namespace
     from rankwise.models import build_model
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
+    if (Path(target) / "model.onnx").is_file() and not (Path(target) / io.CONFIG).is_file():
+        source = _onnx_source(Path(target))
+        raise ConfigError(f"{target} is an ONNX copy; profile the model it was exported from: "
+                          f"rankwise profile {source} --runtime onnxruntime")
     if Path(target).exists():
         model = load_compressed(target)
         config = io.read_config(target)
@@ -81,6 +85,27 @@ def resolve_target(target: str, args: argparse.Namespace
     return model, None, shape or default_shape(target, kw, model)
 
 
+def _onnx_source(folder: Path) -> str:
+    """The source folder `rankwise export` recorded in `folder/onnx.json` ("SOURCE" if none)."""
+    try:
+        return str(json.loads((folder / "onnx.json").read_text()).get("source") or "SOURCE")
+    except (OSError, ValueError, AttributeError):
+        return "SOURCE"
+
+
+def deploy_settings(target: str, args: argparse.Namespace) -> tuple[str, bool]:
+    """(precision, deploy) to time `target` in: what the flags say, else for a `rankwise export`
+    bf16/fp32 copy its own deployment (`meta.deploy`), else fp32 eager."""
+    from rankwise import io
+
+    saved = {}
+    if (Path(target) / io.CONFIG).is_file():
+        saved = (io.read_config(target).get("meta") or {}).get("deploy") or {}
+    eager = args.runtime == "torch"  # ONNX Runtime times the float32 graph
+    precision = args.precision or (saved.get("precision") if eager else None) or "fp32"
+    return precision, bool(args.deploy or (saved and eager))
+
+
 def _need_shape(target: str) -> tuple[int, ...]:
     raise ConfigError(f"{target} stores no input shape; pass --input-shape, e.g. 3,32,32")
 
@@ -90,13 +115,14 @@ def profile_command(args: argparse.Namespace) -> int:
     from rankwise.models.resolve import example_inputs
 
     model, baseline, shape = resolve_target(args.target, args)
+    precision, deploy = deploy_settings(args.target, args)
     batch_sizes = parse_shape(args.batch_sizes)
     inputs = example_inputs(model, shape)  # token ids for HF text models, else zeros
     prof = profile_model(model, shape, baseline=baseline, latency=not args.no_latency,
                          batch_sizes=batch_sizes, device=args.device,
                          min_run_time=args.min_run_time,
                          example_inputs=None if isinstance(inputs, torch.Tensor) else inputs,
-                         precision=args.precision, runtime=args.runtime, deploy=args.deploy)
+                         precision=precision, runtime=args.runtime, deploy=deploy)
     if args.json:
         from rankwise.io.atomic import json_text
 
@@ -118,12 +144,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--input-shape", default=None,
                    help="C,H,W without batch, or T (tokens) for text models (default: model's)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing runs")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="latency in fp32 or under bf16 autocast (default fp32)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="latency in fp32 or under bf16 autocast (default fp32; a `rankwise "
+                        "export` copy: its own precision, deployed)")
     p.add_argument("--deploy", action="store_true",
                    help="time the deployed copy (BN folded, weights and activations in "
                         "--precision, channels_last; what `rankwise export` writes) instead of "
-                        "autocast over float32 weights; the dense baseline likewise")
+                        "autocast over float32 weights; the dense baseline likewise (the "
+                        "default for a `rankwise export` copy)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="time eager PyTorch, or the model exported to a float32 ONNX graph in "
                         "ONNX Runtime (needs the export extra; fp32 only)")

@@ -142,3 +142,29 @@ def test_eval_runs_an_export_as_deployed(tmp_path, capsys):
     onnx = eval_json(tmp_path / "onnx", capsys)
     assert onnx["params"] is None and onnx["acc"] == source["acc"]
     assert onnx["loss"] == pytest.approx(source["loss"], rel=1e-4)
+
+
+def test_profile_times_an_export_as_deployed_and_points_an_onnx_copy_at_its_source(
+        tmp_path, capsys):
+    _saved(tmp_path)
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    argv = ["profile", str(tmp_path / "d"), "--batch-sizes", "1", "--min-run-time", "0.01",
+            "--json"]
+    assert main(argv) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["precision"] == "bf16" and prof["deploy"] is True  # the copy's own settings
+    assert main([*argv, "--precision", "fp32"]) == 0  # flags win
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["precision"] == "fp32" and prof["deploy"] is True
+    assert main(["profile", str(tmp_path / "m"), "--no-latency", "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["precision"] == "fp32" and prof["deploy"] is False  # a plain saved model
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    assert main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    assert main(["profile", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"rankwise profile {tmp_path / 'm'} --runtime onnxruntime" in err
+    assert len(err.strip().splitlines()) == 1
