@@ -154,10 +154,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: Any,
     which ONNX Runtime reads from beside the graph): both are written in a temporary folder
     next to `path` and renamed into place, the weights first."""
     path = Path(path)
-    if weight_bytes(model) < PROTO_LIMIT:
-        atomic_write(path, onnx_bytes(model, example, opset))
-        return path
     program = onnx_program(model, example, opset)
+    if weight_bytes(model) < PROTO_LIMIT:
+        atomic_write(path, program.model_proto.SerializeToString())
+        return path
     data = path.with_name(path.name + ".data")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
