@@ -36,10 +36,14 @@ def load_run_model(root: Path, device: str = "cpu") -> tuple[nn.Module, dict[str
     """The model of a saved model / run directory, and the metadata describing how it was
     trained (`{"dataset", "input_shape", "method", ...}`, possibly empty)."""
     from rankwise import io
+    from rankwise.io.onnx_folder import is_onnx_folder, load_onnx_folder
 
     config = _run_config(root)
-    if (root / "model.onnx").is_file() and (root / "onnx.json").is_file():
-        return _onnx_copy(root, device)
+    if is_onnx_folder(root):
+        if torch.device(device).type != "cpu":
+            raise ConfigError(f"{root} is an ONNX copy, run by ONNX Runtime on CPU; pass "
+                              "--device cpu")
+        return load_onnx_folder(root)
     if (root / io.CONFIG).is_file():
         saved = io.read_config(root)
         meta = {"input_shape": saved.get("input_shape"), **(saved.get("meta") or {}), **config}
@@ -69,22 +73,6 @@ def load_run_model(root: Path, device: str = "cpu") -> tuple[nn.Module, dict[str
         raise CheckpointError(f"{root / 'checkpoint.pt'} does not match the model rebuilt from "
                               f"{root / 'config.json'} ({e})") from e
     return model.to(device).eval(), config
-
-
-def _onnx_copy(root: Path, device: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The ONNX graph of a `rankwise export --format onnx` folder in ONNX Runtime, and its
-    metadata (the source's, recorded in onnx.json)."""
-    from rankwise.io.onnx_file import OnnxModel
-
-    if torch.device(device).type != "cpu":
-        raise ConfigError(f"{root} is an ONNX copy, run by ONNX Runtime on CPU; pass --device cpu")
-    try:
-        info = json.loads((root / "onnx.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{root / 'onnx.json'} is not valid JSON ({e}); export again") \
-            from e
-    return OnnxModel(root / "model.onnx"), {"input_shape": info.get("input_shape"),
-                                            **(info.get("meta") or {})}
 
 
 def eval_command(args: argparse.Namespace) -> int:

@@ -28,8 +28,11 @@ def _relative_diff(ref: Any, got: Any) -> float:
 def export_command(args: argparse.Namespace) -> int:
     from rankwise import io
     from rankwise.cli import output_of
+    from rankwise.compress.artifact import load_compressed  # plain or `compress` output
     from rankwise.errors import ConfigError
     from rankwise.io import atomic as aio
+    from rankwise.io import onnx_folder
+    from rankwise.io.export_precision import load_deploy, save_deploy
     from rankwise.models.resolve import example_inputs, random_inputs
 
     onnx = args.format == "onnx"
@@ -38,10 +41,8 @@ def export_command(args: argparse.Namespace) -> int:
                           "CPU convolutions have no bf16 kernels); drop --precision or use "
                           "--format rankwise")
     precision = args.precision or ("fp32" if onnx else "bf16")
-    out = aio.check_replaceable(args.out, replace_if := output_of("export", *ONNX_FILES))
+    out = aio.check_replaceable(args.out, replace_if := output_of("export", *onnx_folder.FILES))
     config = io.read_config(args.path)
-    from rankwise.compress.artifact import load_compressed  # plain or `compress` output
-
     model = load_compressed(args.path).eval()
     shape = io.saved_input_shape(args.path)
     if onnx and shape is None:
@@ -50,10 +51,9 @@ def export_command(args: argparse.Namespace) -> int:
     example = None if shape is None else example_inputs(model, shape)
     with aio.atomic_dir(out, replace_if=replace_if) as tmp:
         if onnx:
-            _write_onnx(model, example, tmp, args.path, shape, _export_meta(config, args.path))
+            onnx_folder.write_onnx_folder(model, tmp, example, args.path, shape,
+                                          _export_meta(config, args.path))
         else:
-            from rankwise.io.export_precision import save_deploy
-
             save_deploy(model, tmp, precision=precision,
                         channels_last=not args.no_channels_last, fold_bn=not args.no_fold_bn,
                         arch=config.get("arch"), arch_kwargs=config.get("arch_kwargs"),
@@ -62,7 +62,7 @@ def export_command(args: argparse.Namespace) -> int:
                                "precision": precision}
     if args.check and example is not None:
         x = random_inputs(example, model, seed=0)
-        deployed = _load_copy(out, onnx)
+        deployed = onnx_folder.load_onnx_folder(out)[0] if onnx else load_deploy(out)
         with torch.no_grad():
             ref = model(**x) if isinstance(x, dict) else model(x)
             got = deployed(**x) if isinstance(x, dict) else deployed(x)
@@ -71,37 +71,11 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-ONNX_FILES = ("model.onnx", "onnx.json")
-
-
 def _export_meta(config: dict[str, Any], source: str) -> dict[str, Any]:
     """The source's `meta` for the float32 copy, without `compressed` (the copy holds plain
     float32 weights, no int8 or coded artifact), with `command` and `source` set."""
     meta = {k: v for k, v in (config.get("meta") or {}).items() if k != "compressed"}
     return {**meta, "command": "export", "source": str(source)}
-
-
-def _write_onnx(model: Any, example: Any, tmp: Any, source: str, shape: Any,
-                meta: dict[str, Any]) -> None:
-    from rankwise.io.atomic import atomic_write_json
-    from rankwise.io.onnx_file import export_onnx
-
-    export_onnx(model, tmp / ONNX_FILES[0], example)
-    names = list(example) if isinstance(example, dict) else ["input"]
-    atomic_write_json(tmp / ONNX_FILES[1], {"command": "export", "source": str(source),
-                                            "input_shape": list(shape), "input_names": names,
-                                            "dtype": "float32", "dynamic": {"batch": 0},
-                                            "meta": meta})
-
-
-def _load_copy(out: Any, onnx: bool) -> Any:
-    if onnx:
-        from rankwise.io.onnx_file import OnnxModel
-
-        return OnnxModel(out / ONNX_FILES[0])
-    from rankwise.io.export_precision import load_deploy
-
-    return load_deploy(out)
 
 
 def register(subparsers: Any) -> None:

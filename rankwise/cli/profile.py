@@ -66,11 +66,12 @@ def resolve_target(target: str, args: argparse.Namespace
     tv:NAME, timm:NAME, hf:NAME_OR_PATH, package.module:factory; see `build_model`)."""
     from rankwise import io
     from rankwise.compress.artifact import load_compressed
+    from rankwise.io.onnx_folder import is_onnx_folder, read_onnx_info
     from rankwise.models import build_model
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
-    if (Path(target) / "model.onnx").is_file() and not (Path(target) / io.CONFIG).is_file():
-        source = _onnx_source(Path(target))
+    if is_onnx_folder(target) and not (Path(target) / io.CONFIG).is_file():
+        source = read_onnx_info(target).get("source") or "SOURCE"
         raise ConfigError(f"{target} is an ONNX copy; profile the model it was exported from: "
                           f"rankwise profile {source} --runtime onnxruntime")
     if Path(target).exists():
@@ -83,14 +84,6 @@ def resolve_target(target: str, args: argparse.Namespace
     kw = model_kwargs(args)
     model = build_model(target, **kw)
     return model, None, shape or default_shape(target, kw, model)
-
-
-def _onnx_source(folder: Path) -> str:
-    """The source folder `rankwise export` recorded in `folder/onnx.json` ("SOURCE" if none)."""
-    try:
-        return str(json.loads((folder / "onnx.json").read_text()).get("source") or "SOURCE")
-    except (OSError, ValueError, AttributeError):
-        return "SOURCE"
 
 
 def deploy_settings(target: str, args: argparse.Namespace) -> tuple[str, bool]:
