@@ -4,9 +4,9 @@ One cell = (model, input size, batch, threads, precision). In it, from one rando
 model (seeded):
 - MACs allocator: `decompose(model, fmt, MacsBudget(macs_ratio))` for fmt in channel, tucker2
   (1×1 convs channel, fc dense);
-- latency allocator: `latency_plan(model, None, LatencyBudget(latency_ratio, precision, batch,
-  threads))` over channel / spatial / tucker2 / dense per conv, from the cached latency table
-  (measured on first use), built with `apply_choices`;
+- latency allocator: `latency_plan(model, convs, LatencyBudget(latency_ratio, precision, batch,
+  threads))` over channel / spatial / tucker2 / dense per conv (fc dense, as in the MACs arm),
+  from the cached latency table (measured on first use), built with `apply_choices`;
 - equal-latency check: for each MACs model, the latency allocator again with its target set to
   that model's *measured* latency ratio (timed together with it; the target is corrected once
   if the two differ by more than 3 %), so the energies compare at equal measured time.
@@ -190,7 +190,8 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
             models.append(m)
         base = dict(precision=prec, batch=batch, threads=threads, cache_dir=p.get("cache_dir"),
                     measure=bool(p.get("measure_table", True)), runtime=runtime)
-        plan = latency_plan(dense, None, LatencyBudget(ratio=float(p["latency_ratio"]), **base),
+        convs = [n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)]
+        plan = latency_plan(dense, convs, LatencyBudget(ratio=float(p["latency_ratio"]), **base),
                             shape)
         lat = apply_choices(dense, plan.choices)
         variants.append({**summarize(f"latency budget {p['latency_ratio']:g}", "latency", lat,
@@ -212,7 +213,7 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
         # timed in one interleaved run with that MACs model; one recalibration of the target
         # when the two measured times differ by more than `EQUAL_TOL`.
         def build(r: float) -> tuple[nn.Module, Any]:
-            plan_r = latency_plan(dense, None, LatencyBudget(ratio=r, **base), shape)
+            plan_r = latency_plan(dense, convs, LatencyBudget(ratio=r, **base), shape)
             return apply_choices(dense, plan_r.choices), plan_r
 
         eq_variants = []

@@ -3,14 +3,16 @@
 Like `MacsBudget` it is a global policy (`is_global = True`, resolved over all candidate layers at
 once), but its cost is the time each option takes on this machine in the deployed precision,
 read from a `LatencyTable` (measured once and cached; `analytic_ms` where not measured), and
-each k×k conv may become channel, spatial or Tucker-2 — or stay dense — whichever loses the
-least energy per millisecond saved (`latency_solve.solve`). Energy is each layer's retained σ²
+each k×k conv may become channel, spatial or Tucker-2, a 1×1 conv channel, a linear the
+two-factor `svd` format — or stay dense — whichever loses the least energy per millisecond saved
+(`latency_solve.solve`). Energy is each layer's retained σ²
 fraction in the chosen format (`budget.retained_energy`), the same proxy the MACs allocator uses.
 
-`target = ratio · T_dense`, `T_dense = fixed + Σ dense conv ms` at `batch`: the time outside
-the candidate convs (BN-free deployed model: activations, adds, pooling, fc) stays fixed; its
-share of the model is measured once per model and cached (`fixed_fraction`). Or `target_ms`
-directly.
+`target = ratio · T_dense`, `T_dense = fixed + Σ dense layer ms` at `batch`: the time outside
+the candidate layers (BN-free deployed model: activations, adds, pooling, attention, norms)
+stays fixed; its share of the model is measured once per model and cached (`fixed_fraction`).
+Or `target_ms` directly. Inputs are images or anything a model takes (token ids by keyword for
+a Hugging Face model): linears are timed at the rows per sample they see in the model.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ import torch
 from torch import nn
 
 from rankwise.analysis.latency import RUNTIMES
-from rankwise.analysis.profile import trace_inputs
+from rankwise.analysis.macs import Inputs
 from rankwise.errors import ConfigError
 from rankwise.io.export_precision import check_precision
 from rankwise.layers import FORMATS
-from rankwise.layers.shapes import ConvSpec
+from rankwise.layers.base import dense_spec_of
+from rankwise.layers.shapes import Pair
 from rankwise.surgery.budget import retained_energy
+from rankwise.surgery.latency_inputs import candidate_layers, extent, layer_inputs
 from rankwise.surgery.latency_measure import (
     CONV_FORMATS,
     default_align,
@@ -44,6 +48,7 @@ from rankwise.surgery.latency_solve import solve
 from rankwise.surgery.latency_table import (
     DENSE,
     LatencyTable,
+    LayerSpec,
     Option,
     TableKey,
     analytic_ms,
@@ -167,54 +172,41 @@ class LatencyPlan:
                 "table_key": self.table_key}
 
 
-def _conv_candidates(model: nn.Module, candidates: Any) -> list[tuple[str, nn.Module]]:
-    """(name, module) pairs from names, pairs, or objects with `.name` / `.module`."""
-    if candidates is None:
-        return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    out = []
-    for c in candidates:
-        if isinstance(c, str):
-            out.append((c, model.get_submodule(c)))
-        elif isinstance(c, tuple):
-            out.append((str(c[0]), c[1]))
-        else:
-            out.append((str(c.name), c.module))
-    return out
-
-
-def model_fingerprint(model: nn.Module, input_shape: Sequence[int]) -> str:
-    """`"model:<sha>"` of the module tree and input shape: the table row of the dense model
-    (`{"fixed_share": share of time outside the candidate convs}`)."""
-    text = repr(model) + repr(tuple(int(s) for s in input_shape))
+def model_fingerprint(model: nn.Module, input_shape: Sequence[int],
+                      layers: Sequence[str] = ()) -> str:
+    """`"model:<sha>"` of the module tree, the input shape and the names of the layers timed
+    alone: the table row of the dense model (`{"fixed_share": share of time outside them}`)."""
+    text = repr(model) + repr(tuple(int(s) for s in input_shape)) + repr(sorted(layers))
     return "model:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
-                 example_inputs: torch.Tensor | Sequence[int]) -> LatencyPlan:
-    """Choose `(format, rank)` or dense per candidate conv of `model` for `policy`'s target.
+                 example_inputs: Inputs | Sequence[int]) -> LatencyPlan:
+    """Choose `(format, rank)` or dense per candidate conv / linear of `model` for `policy`'s
+    target.
 
-    `candidates`: conv names, `(name, module)` pairs, objects with `.name`/`.module` (what
-    `decompose` selects), or None for every `nn.Conv2d`; non-conv candidates stay dense.
-    `example_inputs`: a `(B, C, H, W)` tensor or the shape without batch (only its shape is
-    used; the batch is `policy.batch`). Measures missing table entries when `policy.measure`.
+    `candidates`: layer names, `(name, module)` pairs, objects with `.name`/`.module` (what
+    `decompose` selects), or None for every `nn.Conv2d` and `nn.Linear`; other candidates stay
+    dense. `example_inputs`: the input shape without batch (images), or inputs as the model
+    takes them — a tensor `(B, …)`, a tuple of positional tensors, or keyword tensors such as a
+    tokenizer's output; each layer is timed at the input it sees there (a linear at its rows per
+    sample), at `policy.batch`. Measures missing table entries when `policy.measure`.
     """
-    shape = tuple(int(s) for s in (example_inputs.shape[1:] if isinstance(
-        example_inputs, torch.Tensor) else example_inputs))
-    pairs = _conv_candidates(model, candidates)
-    convs = {n: m for n, m in pairs if isinstance(m, nn.Conv2d)}
-    seen = trace_inputs(model, shape, convs)
+    pairs = candidate_layers(model, candidates)
+    mods = {n: m for n, m in pairs if isinstance(m, (nn.Conv2d, nn.Linear))}
+    shape, example, seen = layer_inputs(model, example_inputs, mods)
     align = policy.align or default_align(policy.precision)
     table = policy.table if policy.table is not None else LatencyTable.load(policy.key(),
                                                                             policy.cache_dir)
-    layers = {}
-    for name, conv in convs.items():
+    layers: dict[str, tuple[LayerSpec, Pair, list[Option]]] = {}
+    for name, mod in mods.items():
         if name in seen:
-            spec, hw = ConvSpec.from_conv(conv), (int(seen[name][-2]), int(seen[name][-1]))
+            spec, hw = dense_spec_of(mod), extent(mod, seen[name])
             layers[name] = (spec, hw, layer_options(spec, hw, policy.formats, align))
     if policy.measure:
         fill_table(table, layers)
 
-    def ms(spec: ConvSpec, hw: tuple[int, int], o: Option) -> tuple[float, str]:
+    def ms(spec: LayerSpec, hw: Pair, o: Option) -> tuple[float, str]:
         v = table.get(layer_key(spec, hw), o)
         if v is not None:
             return v, "measured"
@@ -223,7 +215,7 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
     names, opts, info = list(layers), [], []
     for name in names:
         spec, hw, options = layers[name]
-        w = convs[name].weight.detach().float()
+        w = mods[name].weight.detach().float()
         spectra = {f: FORMATS[f].spectra(w, spec) for f in {o[0] for o in options[1:]}}
         row = [(ms(spec, hw, o), 1.0 if o == DENSE else retained_energy(spectra[o[0]], o[1]))
                for o in options]
@@ -232,12 +224,12 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
     dense_sum = sum(o[0][0] for o in opts)
     fixed = policy.fixed_ms
     if fixed is None:
-        fp = model_fingerprint(model, shape)
+        fp = model_fingerprint(model, shape, names)
         share = table.entries.get(fp, {}).get("fixed_share")
         if share is None and policy.measure:
             share = fixed_fraction(model, shape, names, policy.precision, policy.batch,
                                    policy.threads, policy.channels_last,
-                                   policy.runtime == "onnxruntime")
+                                   policy.runtime == "onnxruntime", example=example)
             table.entries[fp] = {"fixed_share": share}
             if table.path is not None:
                 table.save()
@@ -292,10 +284,10 @@ def mean_energy(model: nn.Module, choices: dict[str, Choice]) -> float:
         if choice is None:
             vals.append(1.0)
             continue
-        conv = model.get_submodule(name)
-        spec, (fmt, rank) = ConvSpec.from_conv(conv), choice
+        layer = model.get_submodule(name)
+        spec, (fmt, rank) = dense_spec_of(layer), choice
         r = (rank,) if isinstance(rank, int) else tuple(rank)
-        vals.append(retained_energy(FORMATS[fmt].spectra(conv.weight.detach().float(), spec), r))
+        vals.append(retained_energy(FORMATS[fmt].spectra(layer.weight.detach().float(), spec), r))
     return sum(vals) / len(vals) if vals else 1.0
 
 

@@ -1,12 +1,13 @@
 """Filling a `LatencyTable`: candidate rank grids, an interleaved timer, per-layer measurement.
 
-Every distinct conv (arguments + input size) is timed once per table: the dense conv and each
-candidate `(format, rank)` on the same random input, in interleaved rounds (dense, c1, c2, …,
-then reversed), median per option, so background load hits all options alike. Candidate layers
-are built with `from_spec` (fresh weights: latency does not depend on the values).
+Every distinct layer (conv arguments + input size, or linear features + rows per sample) is
+timed once per table: the dense layer and each candidate `(format, rank)` on the same random
+input, in interleaved rounds (dense, c1, c2, …, then reversed), median per option, so
+background load hits all options alike. Candidate layers are built with `from_spec` (fresh
+weights: latency does not depend on the values).
 
 Rank grid (`candidate_ranks`): the ranks whose MACs are a fraction `f ∈ MAC_FRACTIONS` of the
-dense conv's, rounded down to a multiple of `align` (16 = one AVX-512 fp32 vector, 32 for bf16
+dense layer's, rounded down to a multiple of `align` (16 = one AVX-512 fp32 vector, 32 for bf16
 by default), so every rank the allocator can pick is one the kernels handle without a ragged
 tail; Tucker-2 keeps `r_in / r_out ≈ c / n`.
 """
@@ -17,13 +18,14 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from rankwise.analysis.latency import onnx_runner
+from rankwise.analysis.latency import onnx_runner, rebatch
+from rankwise.analysis.macs import Inputs, call_model
 from rankwise.errors import ConfigError
 from rankwise.io.export_precision import (
     precision_context,
@@ -32,11 +34,12 @@ from rankwise.io.export_precision import (
     to_deploy,
 )
 from rankwise.layers import FORMATS
-from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs
-from rankwise.surgery.latency_table import DENSE, LatencyTable, Option, layer_key
+from rankwise.layers.shapes import LinearSpec, Pair, conv2d_macs, linear_macs
+from rankwise.surgery.latency_table import DENSE, LatencyTable, LayerSpec, Option, layer_key
 
 MAC_FRACTIONS = (0.08, 0.15, 0.22, 0.3, 0.4, 0.5, 0.62, 0.75)
 CONV_FORMATS = ("channel", "spatial", "tucker2")
+LINEAR_FORMAT = "svd"  # what a linear may become: `LowRankLinear`, two linears through rank r
 
 
 def default_align(precision: str) -> int:
@@ -49,14 +52,19 @@ def default_align(precision: str) -> int:
     return 32 if precision == "bf16" else 16
 
 
-def _rank_at(fmt: str, spec: ConvSpec, k: int, limit: tuple[int, ...]) -> tuple[int, ...]:
+def _rank_at(fmt: str, spec: LayerSpec, k: int, limit: tuple[int, ...]) -> tuple[int, ...]:
     if len(limit) == 1:
         return (min(k, limit[0]),)
     r_in = max(1, min(limit[1], round(k * spec.in_channels / spec.out_channels)))
     return (min(k, limit[0]), r_in)
 
 
-def candidate_ranks(fmt: str, spec: ConvSpec, input_hw: Pair, align: int,
+def _dense_macs(spec: LayerSpec, input_hw: Pair) -> int:
+    """MACs per sample of the dense layer (a linear's per row: the ratios are what count)."""
+    return linear_macs(spec) if isinstance(spec, LinearSpec) else conv2d_macs(spec, input_hw)
+
+
+def candidate_ranks(fmt: str, spec: LayerSpec, input_hw: Pair, align: int,
                     fractions: Sequence[float] = MAC_FRACTIONS) -> list[tuple[int, ...]]:
     """Distinct ranks of `fmt` at ≈ `fractions` of the dense MACs, each a multiple of `align`.
 
@@ -68,7 +76,7 @@ def candidate_ranks(fmt: str, spec: ConvSpec, input_hw: Pair, align: int,
         raise ConfigError(f"align={align} must be >= 1")
     cls = FORMATS[fmt]
     limit = tuple(int(m) for m in cls.max_rank(spec))
-    dense = conv2d_macs(spec, input_hw)
+    dense = _dense_macs(spec, input_hw)
     step = align
     while step > 1 and step > limit[0] // 4:
         step //= 2
@@ -94,12 +102,16 @@ def _to_rank(r: tuple[int, ...]) -> int | tuple[int, ...]:
     return r[0] if len(r) == 1 else r
 
 
-def layer_options(spec: ConvSpec, input_hw: Pair, formats: Sequence[str], align: int,
+def layer_options(spec: LayerSpec, input_hw: Pair, formats: Sequence[str], align: int,
                   fractions: Sequence[float] = MAC_FRACTIONS) -> list[Option]:
-    """`[DENSE, (fmt, rank), …]`: what the allocator may pick for this conv.
+    """`[DENSE, (fmt, rank), …]`: what the allocator may pick for this layer.
 
-    1×1 convs are matrices: only "channel" applies (as in `decompose`).
+    `formats` are the conv formats; 1×1 convs are matrices: only "channel" applies (as in
+    `decompose`); a linear may become `LINEAR_FORMAT` whatever `formats` says.
     """
+    if isinstance(spec, LinearSpec):
+        ranks = candidate_ranks(LINEAR_FORMAT, spec, input_hw, align, fractions)
+        return [DENSE, *((LINEAR_FORMAT, r) for r in ranks)]
     if spec.kernel_size == (1, 1):
         formats = [f for f in formats if f == "channel"] or []
     out: list[Option] = [DENSE]
@@ -110,8 +122,8 @@ def layer_options(spec: ConvSpec, input_hw: Pair, formats: Sequence[str], align:
     return out
 
 
-def build_option(spec: ConvSpec, option: Option) -> nn.Module:
-    """A fresh module for `option` (the dense conv or a factorized layer), eval mode."""
+def build_option(spec: LayerSpec, option: Option) -> nn.Module:
+    """A fresh module for `option` (the dense layer or a factorized one), eval mode."""
     fmt, rank = option
     layer = spec.make() if fmt == "dense" else FORMATS[fmt].from_spec(spec, _to_rank(rank))
     return layer.eval()
@@ -152,15 +164,24 @@ def interleaved_ms(fns: Sequence[Callable[[], object]], rounds: int = 5,
     return [1e3 * statistics.median(t) for t in times]
 
 
-def measure_layer(spec: ConvSpec, input_hw: Pair, options: Sequence[Option], precision: str,
+def layer_input_shape(spec: LayerSpec, input_hw: Pair, batch: int) -> tuple[int, ...]:
+    """`(batch, c, H, W)` for a conv; `(batch, tokens, in)` for a linear (`(batch, in)` at one
+    token)."""
+    if isinstance(spec, LinearSpec):
+        rows = int(input_hw[0])
+        return (batch, rows, spec.in_features) if rows > 1 else (batch, spec.in_features)
+    return (batch, spec.in_channels, int(input_hw[0]), int(input_hw[1]))
+
+
+def measure_layer(spec: LayerSpec, input_hw: Pair, options: Sequence[Option], precision: str,
                   batch: int, channels_last: bool, rounds: int = 5,
                   seed: int = 0, threads: int = 1, onnx: bool = False) -> dict[Option, float]:
-    """Measured ms of each option on a random `(batch, c, H, W)` input, interleaved
+    """Measured ms of each option on a random input (`layer_input_shape`), interleaved
     (`clock_for(threads)`; the caller sets torch's thread count). `onnx`: each option exported
     to a float32 ONNX graph and run alone in ONNX Runtime (`analysis.latency.onnx_runner`);
     a lone session adds the same few µs to every option of a layer."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, spec.in_channels, *input_hw), generator=gen)
+    x = torch.randn(layer_input_shape(spec, input_hw, batch), generator=gen)
     if onnx:
         mods = [onnx_runner(build_option(spec, o), tuple(x.shape[1:]), x) for o in options]
     else:
@@ -172,7 +193,7 @@ def measure_layer(spec: ConvSpec, input_hw: Pair, options: Sequence[Option], pre
     return dict(zip(options, ms, strict=True))
 
 
-def fill_table(table: LatencyTable, layers: dict[str, tuple[ConvSpec, Pair, list[Option]]],
+def fill_table(table: LatencyTable, layers: dict[str, tuple[LayerSpec, Pair, list[Option]]],
                rounds: int = 5, log: Callable[[str], None] | None = None) -> int:
     """Measure every option missing from `table` for the distinct layers of `layers` (values:
     (spec, input_hw, options)); when any option of a layer is missing, the whole layer (dense
@@ -201,25 +222,29 @@ def fill_table(table: LatencyTable, layers: dict[str, tuple[ConvSpec, Pair, list
 
 def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence[str],
                    precision: str, batch: int, threads: int, channels_last: bool = True,
-                   onnx: bool = False, rounds: int = 3) -> float:
-    """Share of the deployed dense model's time spent outside the convs `names`, at `batch`.
+                   onnx: bool = False, rounds: int = 3, example: Inputs | None = None) -> float:
+    """Share of the deployed dense model's time spent outside the layers `names`, at `batch`.
 
-    The model (`to_deploy` in `precision`, or with `onnx` its ONNX graph in ONNX Runtime) and the
-    convs alone (each run on the input it gets in the model; in ONNX Runtime each in a session
-    of its own) are timed interleaved, so the share does not depend on the load at the time; the
-    allocator scales it to the table's units: `fixed_ms = share / (1 − share) · Σ dense conv ms`.
-    In ONNX Runtime the lone convs can take longer than the whole graph (session overhead, no
+    The model (`to_deploy` in `precision`, or with `onnx` its ONNX graph in ONNX Runtime) and
+    the layers alone (each run on the input it gets in the model; in ONNX Runtime each in a
+    session of its own) are timed interleaved, so the share does not depend on the load at the
+    time; the allocator scales it to the table's units: `fixed_ms = share / (1 − share) · Σ dense
+    layer ms`. The model runs on `example` (a tensor, a tuple of positional inputs or keyword
+    inputs such as token ids, rebatched to `batch`), else on random `(batch, *input_shape)`.
+    In ONNX Runtime the lone layers can take longer than the whole graph (session overhead, no
     conv + BN + ReLU fusion): the share is then negative, down to −1, which removes that excess.
     """
     d = copy.deepcopy(model).float().eval() if onnx else \
         to_deploy(model, precision, channels_last).model
-    x = prepare_input(torch.randn((batch, *input_shape)), precision, channels_last)
+    if example is None:
+        example = torch.randn((batch, *input_shape))
+    x = _prepared(rebatch(example, batch), precision, channels_last)
     mods = {n: d.get_submodule(n) for n in names}
     inputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.__setitem__(n, a[0]))
                for n, m in mods.items()]
-    with precision_context(precision):
-        d(x)
+    with precision_context(precision), torch.no_grad():
+        call_model(d, x)
     for h in handles:
         h.remove()
     shared: dict[tuple[Any, ...], torch.Tensor] = {}  # one input tensor per distinct shape
@@ -233,17 +258,28 @@ def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence
             mods = {n: onnx_runner(m, tuple(inputs[n].shape[1:]), inputs[n])
                     for n, m in mods.items() if n in inputs}
 
-        def convs_only() -> None:
+        def layers_only() -> None:
             for n, m in mods.items():
                 if n in inputs:
                     m(inputs[n])
 
-        with precision_context(precision):
-            total, convs = interleaved_ms([lambda: d(x), convs_only], rounds=rounds,
+        with precision_context(precision), torch.no_grad():
+            total, alone = interleaved_ms([lambda: call_model(d, x), layers_only], rounds=rounds,
                                           block_s=0.0, clock=clock_for(threads))
     finally:
         torch.set_num_threads(old)
-    return min(0.95, max(-1.0 if onnx else 0.0, 1.0 - convs / total))
+    return min(0.95, max(-1.0 if onnx else 0.0, 1.0 - alone / total))
+
+
+def _prepared(inputs: Inputs, precision: str, channels_last: bool) -> Inputs:
+    """`prepare_input` on every tensor of `inputs` (token ids keep their integer dtype)."""
+    if isinstance(inputs, torch.Tensor):
+        return prepare_input(inputs, precision, channels_last)
+    if isinstance(inputs, Mapping):
+        return {k: _prepared(v, precision, channels_last) if isinstance(v, torch.Tensor) else v
+                for k, v in inputs.items()}
+    return tuple(_prepared(v, precision, channels_last) if isinstance(v, torch.Tensor) else v
+                 for v in inputs)
 
 
 class _threads:
@@ -257,6 +293,6 @@ class _threads:
         torch.set_num_threads(self.old)
 
 
-__all__ = ["CONV_FORMATS", "MAC_FRACTIONS", "build_option", "candidate_ranks", "clock_for",
-           "default_align",
-           "fill_table", "fixed_fraction", "interleaved_ms", "layer_options", "measure_layer"]
+__all__ = ["CONV_FORMATS", "LINEAR_FORMAT", "MAC_FRACTIONS", "build_option", "candidate_ranks",
+           "clock_for", "default_align", "fill_table", "fixed_fraction", "interleaved_ms",
+           "layer_input_shape", "layer_options", "measure_layer"]

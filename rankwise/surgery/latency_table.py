@@ -1,7 +1,8 @@
-"""A per-machine table of measured conv latencies, cached on disk the way autotuners cache kernels.
+"""A per-machine table of measured layer latencies, cached on disk the way autotuners cache kernels.
 
-Entries are keyed by *layer* (conv arguments + input H×W: ResNet-50 has ~25 distinct ones) and
-*option* (`"dense"`, `"channel:32"`, `"spatial:48"`, `"tucker2:32,16"`); the value is the median
+Entries are keyed by *layer* (conv arguments + input H×W: ResNet-50 has ~25 distinct ones; linear
+features + rows per sample) and *option* (`"dense"`, `"channel:32"`, `"spatial:48"`,
+`"tucker2:32,16"`, `"svd:64"`); the value is the median
 milliseconds of one forward pass of that layer at the table's batch size. A table belongs to one
 `TableKey` — CPU model and kernel flags, torch's CPU dispatch level, torch version, precision,
 threads, batch, memory format, and the runtime (eager PyTorch, or ONNX Runtime and its
@@ -10,7 +11,11 @@ stored key differs from the one asked for is ignored (and rewritten on the next 
 torch, another CPU or another thread count never reuses stale timings.
 
 `analytic_ms` is the fallback for entries that are not measured: a roofline-style sum over the
-sub-convs of `max(MACs / peak, bytes moved / bandwidth) + per-op overhead`.
+sub-layers of `max(MACs / peak, bytes moved / bandwidth) + per-op overhead`.
+
+A layer's *extent* is what besides its arguments sets its cost: the input `(H, W)` of a conv,
+`(tokens, 1)` for a linear (rows per sample: 1 for a classifier head, the sequence length in a
+transformer).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import torch
 from rankwise.errors import ConfigError
 from rankwise.io.atomic import atomic_write
 from rankwise.io.export_precision import check_precision, cpu_flags, cpu_model
-from rankwise.layers.shapes import ConvSpec, Pair, conv2d_macs, conv2d_output_hw
+from rankwise.layers.shapes import ConvSpec, LinearSpec, Pair, conv2d_macs, conv2d_output_hw
+
+LayerSpec = ConvSpec | LinearSpec
 
 SCHEMA = 2
 Option = tuple[str, tuple[int, ...]]  # ("dense", ()) or (format, rank tuple)
@@ -86,8 +93,12 @@ class TableKey:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def layer_key(spec: ConvSpec, input_hw: Pair) -> str:
-    """`"c64-n64-k3x3-s1x1-p1x1-d1x1-g1-b0@56x56"`: one conv's arguments and its input size."""
+def layer_key(spec: LayerSpec, input_hw: Pair) -> str:
+    """`"c64-n64-k3x3-s1x1-p1x1-d1x1-g1-b0@56x56"`: one conv's arguments and its input size;
+    `"lin-i768-o3072-b1@t128"`: a linear's and its rows per sample (`input_hw = (tokens, 1)`)."""
+    if isinstance(spec, LinearSpec):
+        return (f"lin-i{spec.in_features}-o{spec.out_features}-b{int(spec.bias)}"
+                f"@t{int(input_hw[0])}")
     pad = spec.padding if isinstance(spec.padding, str) else "x".join(map(str, spec.padding))
     return (f"c{spec.in_channels}-n{spec.out_channels}-k{spec.kernel_size[0]}x"
             f"{spec.kernel_size[1]}-s{spec.stride[0]}x{spec.stride[1]}-p{pad}-d{spec.dilation[0]}"
@@ -158,8 +169,17 @@ BANDWIDTH = 12e9
 OVERHEAD_S = 8e-6
 
 
-def sub_convs(spec: ConvSpec, option: Option) -> list[ConvSpec]:
-    """The conv(s) `option` runs for the dense conv `spec`, in order."""
+def sub_layers(spec: LayerSpec, option: Option) -> list[LayerSpec]:
+    """The conv(s) or linear(s) `option` runs for the dense layer `spec`, in order."""
+    if isinstance(spec, LinearSpec):
+        if option[0] == "dense":
+            return [spec]
+        if option[0] == "svd":
+            r = int(option[1][0])
+            return [LinearSpec(spec.in_features, r, bias=False),
+                    LinearSpec(r, spec.out_features, bias=spec.bias)]
+        raise ConfigError(f"latency table: format {option[0]!r} has no latency model for a "
+                          "linear; use dense or svd")
     from rankwise.layers.channel_conv import channel_factor_specs
     from rankwise.layers.spatial_conv import spatial_factor_specs
     from rankwise.layers.tucker2_conv import Tucker2Conv2d
@@ -177,16 +197,23 @@ def sub_convs(spec: ConvSpec, option: Option) -> list[ConvSpec]:
                       "spatial or tucker2")
 
 
-def analytic_ms(spec: ConvSpec, input_hw: Pair, option: Option, precision: str,
+def analytic_ms(spec: LayerSpec, input_hw: Pair, option: Option, precision: str,
                 batch: int) -> float:
-    """Estimated ms of `option` at `batch`: Σ_sub-convs max(MACs/peak, bytes/bandwidth) + op.
+    """Estimated ms of `option` at `batch`: Σ_sub-layers max(MACs/peak, bytes/bandwidth) + op.
 
     Bytes = input + output activations + weights (2 B each in bf16, 4 B in fp32).
     """
     p = check_precision(precision)
     act = 2 if p == "bf16" else 4
     total, hw = 0.0, (int(input_hw[0]), int(input_hw[1]))
-    for s in sub_convs(spec, option):
+    for s in sub_layers(spec, option):
+        if isinstance(s, LinearSpec):
+            rows = batch * hw[0]
+            moved = act * (rows * (s.in_features + s.out_features) + s.in_features
+                           * s.out_features)
+            total += max(rows * s.in_features * s.out_features / PEAK_MACS[p],
+                         moved / BANDWIDTH) + OVERHEAD_S
+            continue
         out_hw = conv2d_output_hw(s, hw)
         macs = batch * conv2d_macs(s, hw)
         moved = batch * act * (s.in_channels * hw[0] * hw[1] + s.out_channels * out_hw[0]
@@ -198,5 +225,5 @@ def analytic_ms(spec: ConvSpec, input_hw: Pair, option: Option, precision: str,
     return 1e3 * total
 
 
-__all__ = ["DENSE", "LatencyTable", "Option", "TableKey", "analytic_ms", "default_cache_dir",
-           "layer_key", "option_key", "sub_convs"]
+__all__ = ["DENSE", "LatencyTable", "LayerSpec", "Option", "TableKey", "analytic_ms",
+           "default_cache_dir", "layer_key", "option_key", "sub_layers"]

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 from rankwise.errors import CheckpointError
-from rankwise.io.onnx_folder import (GRAPH, INFO, is_onnx_folder, load_onnx_folder,
-                                     read_onnx_info, write_onnx_folder)
+from rankwise.io.onnx_folder import (
+    GRAPH,
+    INFO,
+    is_onnx_folder,
+    load_onnx_folder,
+    read_onnx_info,
+    write_onnx_folder,
+)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

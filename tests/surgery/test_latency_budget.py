@@ -139,13 +139,16 @@ def test_policy_string_round_trip_and_validation():
 def test_cached_fixed_share_scales_to_the_table():
     model = tiny()
     table, opts = fake_table(model, macs_ms)
-    table.entries[model_fingerprint(model, SHAPE)] = {"fixed_share": 0.25}
+    table.entries[model_fingerprint(model, SHAPE, list(opts))] = {"fixed_share": 0.25}
     policy = LatencyBudget(ratio=0.6, batch=2, measure=False, table=table)
     plan = latency_plan(model, None, policy, SHAPE)
     convs = chosen_ms(table, opts, {n: None for n in opts}, 0.0)
     assert plan.fixed_ms == pytest.approx(convs / 3)  # 0.25 of the model = 1/3 of the convs
     assert plan.dense_ms == pytest.approx(4 * convs / 3)
     assert plan.met and plan.predicted_ms <= 0.6 * plan.dense_ms * (1 + 1e-9)
+    # the share was measured with every conv timed alone: it is not reused for fewer of them
+    fewer = latency_plan(model, list(opts)[1:], policy, SHAPE)
+    assert fewer.fixed_ms == 0.0
 
 
 def test_decompose_with_a_latency_budget_applies_the_plan_per_layer_format():
