@@ -171,14 +171,20 @@ def _init_zero_heads(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def dense_model(entry: dict[str, Any], hf_dir: Path) -> tuple[nn.Module, Any]:
+    """The random-weight dense model of a `MODELS` entry (seed 0, eval mode) and its batch-1
+    random inputs (token ids for the HF rows)."""
+    spec = entry["spec"].format(hf_dir=hf_dir)
+    dense = _init_zero_heads(build_model(spec, seed=0, **entry["kwargs"]).eval())
+    return dense, random_inputs(example_inputs(dense, entry["shape"]), dense, seed=0)
+
+
 def run_model(key: str, entry: dict[str, Any], ratio: float, quick: bool, hf_dir: Path
               ) -> dict[str, Any]:
     """One model's JSON record (see the module docstring)."""
     from rankwise.surgery.decompose import decompose
 
-    spec = entry["spec"].format(hf_dir=hf_dir)
-    dense = _init_zero_heads(build_model(spec, seed=0, **entry["kwargs"]).eval())
-    inputs = random_inputs(example_inputs(dense, entry["shape"]), dense, seed=0)
+    dense, inputs = dense_model(entry, hf_dir)
     precisions = ("fp32",) if quick else ("fp32", "bf16")
     min_run = 0.05 if quick else 0.5
     rec: dict[str, Any] = {"model": key, "spec": entry.get("label", entry["spec"]),
@@ -227,6 +233,15 @@ def _variant(name: str, model: nn.Module, dense: nn.Module, inputs: Any,
     }
 
 
+def _latency_record(key: str, ratio: float, hf_dir: Path) -> dict[str, Any]:
+    from rankwise.bench.real_models_latency import latency_cells
+
+    entry = MODELS[key]
+    dense, inputs = dense_model(entry, hf_dir)
+    return {"model": key, "spec": entry.get("label", entry["spec"]), "ratio": ratio,
+            "batch": 1, "threads": 1, "cells": latency_cells(dense, inputs, entry, ratio)}
+
+
 def _environment() -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "machine": platform.machine(),
@@ -249,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {list(MODELS)}")
     p.add_argument("--ratio", type=float, default=0.25, help="rank ratio (default 0.25)")
     p.add_argument("--quick", action="store_true", help="fp32 only, eager compile backend")
+    p.add_argument("--latency-budget", type=float, default=None, metavar="R",
+                   help="instead of the matrix: latency budget R against MACs budget R per "
+                        "model, fp32 and bf16 (JSON under OUT/latency; real_models_latency)")
     args = p.parse_args(argv)
     torchvision_cpu_shim()  # COMPAT: see the function; only this script runs it
     import transformers
@@ -263,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         for key in [k.strip() for k in args.models.split(",") if k.strip()]:
             start = time.perf_counter()
             try:
-                rec = run_model(key, MODELS[key], args.ratio, args.quick, work)
+                rec = run_model(key, MODELS[key], args.ratio, args.quick, work) \
+                    if args.latency_budget is None else _latency_record(key, args.latency_budget,
+                                                                         work)
             except Exception as e:  # one model's failure must not lose the others' results
                 print(f"{key}: failed: {type(e).__name__}: {e}", flush=True)
                 continue
@@ -272,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             rec.update(seed=0, date=time.strftime("%Y-%m-%d", time.gmtime()), commit=_commit(),
                        command="python -m rankwise.bench.real_models " + " ".join(
                            argv if argv is not None else sys.argv[1:]))
-            atomic_write(out / f"{key}.json", json.dumps(rec, indent=2, sort_keys=True).encode())
-            print(f"{key}: {rec['seconds']:.0f} s -> {out / (key + '.json')}", flush=True)
+            dest = (out if args.latency_budget is None else out / "latency") / f"{key}.json"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest, json.dumps(rec, indent=2, sort_keys=True).encode())
+            print(f"{key}: {rec['seconds']:.0f} s -> {dest}", flush=True)
     return 0
 
 

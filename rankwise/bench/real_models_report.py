@@ -101,7 +101,39 @@ def section(results_root: str | Path) -> str:
     lines += ["", "fvcore also counts norm and pooling elements (total); its conv+matmul part "
               "misses fused attention kernels (scaled_dot_product_attention) and, in torchvision's "
               "ViT, the projections inside nn.MultiheadAttention, which rankwise counts."]
+    lines += latency_lines(folder / "latency")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PATHS", "section"]
+def latency_lines(folder: Path) -> list[str]:
+    """Lines for the latency-budget cells (`real_models_latency`) in `folder`; none if empty."""
+    recs = [json.loads(f.read_text()) for f in sorted(Path(folder).glob("*.json"))]
+    if not recs:
+        return []
+    ratio = recs[0]["ratio"]
+    dates = sorted({str(r.get("date")) for r in recs})
+    lines = ["", f"Latency budget {ratio:g} against MACs budget {ratio:g} (`python -m "
+             "rankwise.bench.real_models --latency-budget R`, "
+             f"{' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit "
+             f"{', '.join(sorted({str(r.get('commit')) for r in recs}))}): the same random-weight "
+             "models, batch 1, 1 thread, each precision deployed (`to_deploy`: weights and "
+             "activations in it) and timed interleaved with dense (process CPU time, median). "
+             "The latency budget times each conv / linear option on this machine at the input "
+             "it sees (a linear at its tokens); the MACs budget allocates by counted MACs, same "
+             "formats. Speed-up = dense ÷ model, same precision; layers = factorized of "
+             "candidates.", "",
+             "| model | precision | dense ms | latency budget: speed-up | MACs × | layers | "
+             "MACs budget: speed-up | MACs × | layers |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        for prec, c in r["cells"].items():
+            lat, mac = c["arms"]["latency"], c["arms"]["macs"]
+            miss = "" if lat["met"] else " (target out of reach)"
+            lines.append(f"| {r['model']} | {prec} | {c['dense_ms']:.1f} | "
+                         f"{lat['speedup']:.2f}×{miss} | {lat['macs_x']:.2f} | "
+                         f"{lat['factorized']} | {mac['speedup']:.2f}× | {mac['macs_x']:.2f} | "
+                         f"{mac['factorized']} |")
+    return lines
+
+
+__all__ = ["PATHS", "latency_lines", "section"]

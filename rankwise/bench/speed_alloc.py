@@ -37,13 +37,14 @@ import torch
 from torch import nn
 
 from rankwise.analysis.latency import onnx_runner
+from rankwise.analysis.macs import Inputs, call_model
 from rankwise.analysis.profile import count
 from rankwise.bench.harness import Cell, environment, write_json_atomic
 from rankwise.bench.speed_ranks import threads_context
 from rankwise.io.export_precision import (
     cpu_features,
     precision_context,
-    prepare_input,
+    prepare_inputs,
     to_deploy,
 )
 from rankwise.models import create_model
@@ -91,27 +92,28 @@ def alloc_cells(quick: bool = False) -> list[Cell]:
 Runners = dict[tuple[int, str, bool], tuple[nn.Module, Callable[[], object]]]
 
 
-def _timed(model: nn.Module, x: torch.Tensor, precision: str, onnx: bool = False
+def _timed(model: nn.Module, x: Inputs, precision: str, onnx: bool = False
            ) -> Callable[[], object]:
     if onnx:  # the float32 ONNX graph in ONNX Runtime
-        runner = onnx_runner(model, tuple(x.shape[1:]), x)
-        return lambda: runner(x)
+        runner = onnx_runner(model, (), x)
+        return lambda: call_model(runner, x)
     m = to_deploy(model, precision).model  # BN folded, weights in `precision`, channels_last
-    xi = prepare_input(x, precision)
+    xi = prepare_inputs(x, precision)
 
     def run() -> object:
         with precision_context(precision):
-            return m(xi)
+            return call_model(m, xi)
 
     return run
 
 
-def deployed_ms(models: list[nn.Module], x: torch.Tensor, precisions: list[str], rounds: int,
+def deployed_ms(models: list[nn.Module], x: Inputs, precisions: list[str], rounds: int,
                 threads: int, onnx: bool = False, runners: Runners | None = None) -> list[float]:
     """Median ms per call of each model deployed in its precision (`to_deploy`), or with `onnx`
-    as float32 ONNX graphs in ONNX Runtime, the models timed in one interleaved run on input `x`
-    with `threads` threads. `runners`: a cache (model id, precision, onnx) → deployed callable,
-    so a model timed again (the dense model of every comparison) is deployed or exported once."""
+    as float32 ONNX graphs in ONNX Runtime, the models timed in one interleaved run on inputs
+    `x` (a tensor, or positional / keyword inputs such as token ids) with `threads` threads.
+    `runners`: a cache (model id, precision, onnx) → deployed callable, so a model timed again
+    (the dense model of every comparison) is deployed or exported once."""
     cache: Runners = {} if runners is None else runners
     fns = []
     for m, p in zip(models, precisions, strict=True):
@@ -122,7 +124,7 @@ def deployed_ms(models: list[nn.Module], x: torch.Tensor, precisions: list[str],
     return interleaved_ms(fns, rounds=rounds, block_s=0.02, clock=clock_for(threads))
 
 
-def match_measured_time(dense: nn.Module, target: nn.Module, x: torch.Tensor, precision: str,
+def match_measured_time(dense: nn.Module, target: nn.Module, x: Inputs, precision: str,
                         rounds: int, threads: int, ratio: float,
                         build: Callable[[float], tuple[nn.Module, Any]], onnx: bool = False,
                         runners: Runners | None = None

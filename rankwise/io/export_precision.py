@@ -23,7 +23,7 @@ import contextlib
 import copy
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,18 @@ def prepare_input(x: torch.Tensor, precision: str, channels_last: bool = True) -
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def prepare_inputs(inputs: Any, precision: str, channels_last: bool = True) -> Any:
+    """`prepare_input` on every tensor of `inputs` (a tensor, a tuple of positional inputs or
+    keyword inputs); token ids and other integer tensors keep their dtype."""
+    if isinstance(inputs, torch.Tensor):
+        return prepare_input(inputs, precision, channels_last)
+    if isinstance(inputs, Mapping):
+        return {k: prepare_inputs(v, precision, channels_last) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(prepare_inputs(v, precision, channels_last) for v in inputs)
+    return inputs
 
 
 def prepare_module(module: nn.Module, precision: str, channels_last: bool = True) -> nn.Module:
@@ -210,4 +222,5 @@ def cpu_features() -> dict[str, Any]:
 
 __all__ = ["DTYPES", "KERNEL_FLAGS", "PRECISIONS", "DeployedModel", "check_precision",
            "cpu_features", "cpu_flags", "cpu_model", "fold_batchnorm", "load_deploy",
-           "precision_context", "prepare_input", "prepare_module", "save_deploy", "to_deploy"]
+           "precision_context", "prepare_input", "prepare_inputs", "prepare_module", "save_deploy",
+           "to_deploy"]

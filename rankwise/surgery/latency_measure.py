@@ -18,7 +18,7 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from rankwise.errors import ConfigError
 from rankwise.io.export_precision import (
     precision_context,
     prepare_input,
+    prepare_inputs,
     prepare_module,
     to_deploy,
 )
@@ -238,7 +239,7 @@ def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence
         to_deploy(model, precision, channels_last).model
     if example is None:
         example = torch.randn((batch, *input_shape))
-    x = _prepared(rebatch(example, batch), precision, channels_last)
+    x = prepare_inputs(rebatch(example, batch), precision, channels_last)
     mods = {n: d.get_submodule(n) for n in names}
     inputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.__setitem__(n, a[0]))
@@ -269,17 +270,6 @@ def fixed_fraction(model: nn.Module, input_shape: Sequence[int], names: Sequence
     finally:
         torch.set_num_threads(old)
     return min(0.95, max(-1.0 if onnx else 0.0, 1.0 - alone / total))
-
-
-def _prepared(inputs: Inputs, precision: str, channels_last: bool) -> Inputs:
-    """`prepare_input` on every tensor of `inputs` (token ids keep their integer dtype)."""
-    if isinstance(inputs, torch.Tensor):
-        return prepare_input(inputs, precision, channels_last)
-    if isinstance(inputs, Mapping):
-        return {k: _prepared(v, precision, channels_last) if isinstance(v, torch.Tensor) else v
-                for k, v in inputs.items()}
-    return tuple(_prepared(v, precision, channels_last) if isinstance(v, torch.Tensor) else v
-                 for v in inputs)
 
 
 class _threads:
