@@ -34,7 +34,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def _factorized(report: Any) -> str:
-    """`"k of n"`: layers the plan factorized, of the candidates it considered."""
+    """`"k of n"`: layers factorized, of the model's conv / linear layers."""
     rows = [r for r in report.rows if r.type in ("Conv2d", "Linear", "Conv1D")]
     return f"{sum(r.format is not None for r in rows)} of {len(rows)}"
 

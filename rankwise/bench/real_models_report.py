@@ -120,13 +120,14 @@ def latency_lines(folder: Path) -> list[str]:
              "activations in it) and timed interleaved with dense (process CPU time, median). "
              "The latency budget times each conv / linear option on this machine at the input "
              "it sees (a linear at its tokens); the MACs budget allocates by counted MACs, same "
-             "formats. Speed-up = dense ÷ model, same precision; layers = factorized of "
-             "candidates.", "",
+             "formats; the first conv stays dense. Speed-up = dense ÷ model, same precision; "
+             "layers = factorized of all conv / linear layers.", "",
              "| model | precision | dense ms | latency budget: speed-up | MACs × | layers | "
              "MACs budget: speed-up | MACs × | layers |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
-        for prec, c in r["cells"].items():
+        for prec in sorted(r["cells"], key=lambda p: (p != "fp32", p)):  # fp32 first
+            c = r["cells"][prec]
             lat, mac = c["arms"]["latency"], c["arms"]["macs"]
             miss = "" if lat["met"] else " (target out of reach)"
             lines.append(f"| {r['model']} | {prec} | {c['dense_ms']:.1f} | "
