@@ -5,8 +5,8 @@ once), but its cost is the time each option takes on this machine in the deploye
 read from a `LatencyTable` (measured once and cached; `analytic_ms` where not measured), and
 each k×k conv may become channel, spatial or Tucker-2, a 1×1 conv channel, a linear the
 two-factor `svd` format — or stay dense — whichever loses the least energy per millisecond saved
-(`latency_solve.solve`). Energy is each layer's retained σ²
-fraction in the chosen format (`budget.retained_energy`), the same proxy the MACs allocator uses.
+(`latency_solve.solve`). Energy is each layer's retained σ² fraction in the chosen format
+(`budget.retained_energy`), the same proxy the MACs allocator uses.
 
 `target = ratio · T_dense`, `T_dense = fixed + Σ dense layer ms` at `batch`: the time outside
 the candidate layers (BN-free deployed model: activations, adds, pooling, attention, norms)
