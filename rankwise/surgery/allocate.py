@@ -93,7 +93,8 @@ def _budget_ranks(cands: Sequence[Candidate], policy: Any, metric: str, model_pa
 
 
 def matrix_shapes(fmt: str, spec: Any) -> list[tuple[int, int]]:
-    """(p, q) of the matrix each spectrum of `fmt` comes from (VBMF needs them), per group."""
+    """(p, q) of the matrix each spectrum of `fmt` comes from (VBMF needs them): per group for a
+    grouped conv, per output filter for "nd" (each filter's `(c/g, kh·kw)` matrix)."""
     if fmt == "svd":
         return [(spec.out_features, spec.in_features)]
     if fmt == "tt":
@@ -106,6 +107,8 @@ def matrix_shapes(fmt: str, spec: Any) -> list[tuple[int, int]]:
     kh, kw = spec.kernel_size
     if fmt == "spatial":
         return [(n * kw, c * kh)]
+    if fmt == "nd":
+        return [(c, kh * kw)]
     if fmt == "tucker2":
         return [(n, c * kh * kw), (c, n * kh * kw)]
     return [(n, c * kh * kw)]  # channel, cp
