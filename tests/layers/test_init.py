@@ -134,6 +134,24 @@ def test_basis_factors_orthonormal_after_init(fmt, g, c, n, k, frac):
     assert max(float(gram_deviation(u.detach())) for u in mats) < 1e-20
 
 
+@pytest.mark.parametrize(("fmt", "spec", "rank"), [
+    ("tucker2", CONV, (8, 6)), ("channel", CONV, 8), ("spatial", CONV, 8), ("cp", CONV, 8),
+    ("channel", ConvSpec(8, 12, (3, 3), groups=2), 3), ("svd", LinearSpec(48, 40), 8),
+    ("tt", LinearSpec(48, 40), (4, 4))])
+def test_every_elrt_format_has_orthonormal_basis_factors_after_init(fmt, spec, rank):
+    """The factors the orthogonality penalty reads exist for every format ELRT trains in, are
+    orthonormal after init, and are views of the parameters (its gradient reaches them)."""
+    layer = FORMATS[fmt].from_spec(spec, rank, dtype=torch.float64)
+    init_factorized_(layer, generator=torch.Generator().manual_seed(0))
+    mats = orthogonal_factors(layer)
+    assert mats and max(float(gram_deviation(u.detach())) for u in mats) < 1e-20
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(1.5)  # no longer orthonormal: the penalty grows and has a gradient
+    sum(gram_deviation(u) for u in orthogonal_factors(layer)).backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in layer.parameters())
+
+
 def test_bias_and_dense_init():
     spec = ConvSpec(16, 8, (3, 3), bias=True)
     layer = init_factorized_(FORMATS["tucker2"].from_spec(spec, (4, 4)))
