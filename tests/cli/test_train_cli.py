@@ -68,6 +68,19 @@ def test_eval_prints_a_table(tmp_path, capsys):
     assert "synthetic" in text and "loss" in text and "%" in text
 
 
+def test_train_without_quiet_prints_the_final_metrics_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [a for a in QUICK if a != "--quiet"]
+    assert main(["train", *argv, "--epochs", "1", "--out", str(out), "--method", "trp",
+                 "--trp-energy", "0.9", "--trp-include-linear"]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert "final metrics" in text and "test_acc" in text
+    assert f"{summary['test_acc']:.4f}" in text  # the run's own number, as the table shows it
+    assert "trp." in text  # the method's report rows
+    assert not text.lstrip().startswith("{")  # a table, not the --quiet JSON line
+
+
 def test_resume_continues_counting_and_interrupted_run_evaluates(tmp_path, capsys):
     out = tmp_path / "run"
     assert train(out, epochs=1) == 0
