@@ -157,8 +157,8 @@ def bench_command(args: argparse.Namespace) -> int:
         print(compare_markdown(args.compare, ours))
         return 0
     if args.suite is None:
-        raise ConfigError("rankwise bench: give a SUITE (quick, cifar10, speed, elrt-formats, "
-                          "regularizers, report) or --compare PAPER")
+        raise ConfigError("give a SUITE (quick, cifar10, speed, elrt-formats, regularizers, "
+                          "report) or --compare PAPER")
     if args.suite == "cifar10":
         return _cifar10(args)
     if args.suite == "report":
@@ -177,6 +177,8 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from rankwise.bench.papers import PAPERS  # the published numbers only (no torch)
+
     p = subparsers.add_parser(
         "bench", help="run a benchmark suite: quick (CPU, Fashion-MNIST), cifar10, speed, "
                       "elrt-formats, regularizers",
@@ -194,9 +196,9 @@ def register(subparsers: Any) -> None:
                         "`rankwise bench report`; off by default so runs leave the repo clean")
     p.add_argument("--data-dir", default=None, help="where the suite's dataset is")
     p.add_argument("--offline", action="store_true", help="never download the dataset")
-    p.add_argument("--compare", default=None, metavar="PAPER",
-                   help="print a paper's published numbers (trp, sfw, elrt, survey) next to "
-                        "ours from --out")
+    p.add_argument("--compare", default=None, metavar="PAPER", choices=sorted(PAPERS),
+                   help=f"print a paper's published numbers ({', '.join(sorted(PAPERS))}) next "
+                        "to ours from --out")
     p.add_argument("--no-resume", action="store_true", help="rerun finished cells")
     p.add_argument("--epochs", type=int, default=None, help="override the suite's epochs")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")

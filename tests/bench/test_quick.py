@@ -147,3 +147,25 @@ def test_quick_section_reports_the_timed_main_job(tmp_path):
     text = section(tmp_path)
     assert text.startswith("## Quick suite") and "**10.5 min**" in text
     assert section(tmp_path / "nothing") == ""
+
+
+def test_command_line_overrides_reach_the_suite_and_compare_prints_the_paper(capsys):
+    import argparse
+
+    from rankwise.bench.papers import PAPERS
+    from rankwise.cli import main
+    from rankwise.cli.bench import register, suite_from_args
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    parser = sub.choices["bench"]
+    args = parser.parse_args(["quick", "--epochs", "2", "--seeds", "3,4", "--limit-train", "64",
+                              "--limit-test", "32", "--methods", "dense,trp", "--threads", "1"])
+    cfg = suite_from_args(args)
+    assert (cfg.epochs, cfg.seeds, cfg.limit_train, cfg.limit_test, cfg.methods, cfg.threads) == (
+        2, (3, 4), 64, 32, ("dense", "trp"), 1)
+    assert main(["bench", "--compare", "trp"]) == 0
+    text = capsys.readouterr().out
+    assert PAPERS["trp"]["title"] in text
+    model, data, method, base, acc, _ = PAPERS["trp"]["rows"][0]
+    assert f"| {model} | {data} | {method} | {base:.2f} | {acc:.2f} |" in text

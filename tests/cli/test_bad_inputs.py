@@ -77,6 +77,10 @@ def cases(root: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
         "train --device cuda": ([*TRAIN, "--out", out, "--device", "cuda"], ("cuda",)),
         "bench --seeds a": (["bench", "quick", "--seeds", "a"], ("--seeds",)),
         "bench --seeds 0,x": (["bench", "quick", "--seeds", "0,x"], ("--seeds",)),
+        "bench --seeds ,": (["bench", "quick", "--seeds", ","], ("--seeds", "at least one")),
+        "bench --methods foo": (["bench", "quick", "--methods", "foo"], ("--methods", "foo")),
+        "bench --compare foo": (["bench", "--compare", "foo"], ("--compare", "trp")),
+        "bench without a suite": (["bench"], ("SUITE", "--compare")),
         "load --input-shape mismatch": (["load", lenet, "--input-shape", "3,32,32"],
                                         ("--input-shape",)),
         "load tampered model.json": (["load", str(tampered)], ("shape",)),
@@ -109,7 +113,8 @@ def cases(root: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
 
 
 NAMES = ["train --warmup inf", "train --lr nan", "train --out FILE", "train --device cuda",
-         "bench --seeds a", "bench --seeds 0,x", "load --input-shape mismatch",
+         "bench --seeds a", "bench --seeds 0,x", "bench --seeds ,", "bench --methods foo",
+         "bench --compare foo", "bench without a suite", "load --input-shape mismatch",
          "load tampered model.json", "load a file", "load --map-location cuda",
          "eval shape mismatch", "eval --device cuda", "compress --out FILE",
          "compress --out foreign dir", "compress --prune nan", "decompose --out FILE",
