@@ -20,6 +20,7 @@ imported only for their prefix; a missing one raises `ConfigError` with the pip 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,6 @@ def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
             return torch.randn(t.shape, generator=gen, dtype=t.dtype)
         return torch.randint(0, vocab, t.shape, generator=gen, dtype=t.dtype)
 
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return {k: one(v) for k, v in inputs.items()}
     return one(inputs) if isinstance(inputs, torch.Tensor) else tuple(one(v) for v in inputs)

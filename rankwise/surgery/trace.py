@@ -8,7 +8,7 @@ sample, dimension 0 of every traced input is the batch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ def as_example(example_inputs: Any, input_shape: Sequence[int] | None,
         return (example_input(model, input_shape),), {}
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
+    if isinstance(example_inputs, Mapping):  # a dict, or a tokenizer's BatchEncoding
         return (), dict(example_inputs)
     if (isinstance(example_inputs, tuple) and len(example_inputs) == 2
             and isinstance(example_inputs[0], (tuple, list))

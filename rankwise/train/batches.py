@@ -4,7 +4,7 @@ batch) -> loss` understands otherwise (e.g. a `torch.utils.data.DataLoader`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -24,12 +24,13 @@ def is_image_dataset(data: object) -> bool:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """`batch` with every tensor (in tuples, lists, dicts) moved to `device`."""
+    """`batch` with every tensor (in tuples, lists, and mappings such as a Hugging Face
+    `BatchEncoding`, returned as a dict) moved to `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
 
@@ -38,8 +39,8 @@ def batch_size_of(batch: Any) -> int:
     """Samples in `batch`: the leading size of its first tensor (1 if it has none)."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() else 1
-    items = batch.values() if isinstance(batch, dict) else batch
-    if isinstance(items, (list, tuple)) or isinstance(batch, dict):
+    items = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(items, (list, tuple)) or isinstance(batch, Mapping):
         for b in items:
             return batch_size_of(b)
     return 1

@@ -121,3 +121,24 @@ def test_awkward_convs_are_exact_at_full_rank(fmt, kw):
     new, rep = decompose(nn.Sequential(conv), fmt, "energy:1.0")
     assert rep.rows[0].format is not None or rep.rows[0].note.startswith("kept dense")
     assert torch.allclose(new(x), conv(x), atol=1e-9)
+
+
+def test_keyword_inputs_in_a_mapping_that_is_not_a_dict():
+    """A tokenizer's `BatchEncoding` is a Mapping, not a dict (`UserDict` here): decompose takes
+    it as keyword inputs, so MACs are counted on it."""
+    from collections import UserDict
+
+    import rankwise
+
+    class Keyed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 16)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return self.fc(features)
+
+    model = Keyed()
+    small, report = rankwise.decompose(model, rank="budget:macs=0.5",
+                                       example_inputs=UserDict(features=torch.zeros(1, 16)))
+    assert report.model_macs_before == 256 and report.model_macs_after <= 128

@@ -261,3 +261,28 @@ def test_epoch_with_non_finite_test_loss_is_a_diverged_run(tmp_path, train_data,
         t.fit()
     assert not (tmp_path / "checkpoint.pt").exists()
     assert read_metrics(tmp_path) == [r for r in read_metrics(tmp_path) if r["event"] == "step"]
+
+
+def test_mapping_batches_that_are_not_dicts_are_sized_and_moved(test_data):
+    """A Hugging Face collator yields `BatchEncoding`, a Mapping that is not a dict (as
+    `UserDict` here): its tensors go to the device and the test loss is weighted by its rows."""
+    from collections import UserDict
+
+    from rankwise.train.batches import batch_size_of, evaluate_any, to_device
+
+    x = test_data.images.float() / 255.0
+    sizes = (48, 16)  # unequal batches: a per-batch mean would differ from the per-sample one
+    batches = [UserDict(pixels=x[:48], target=test_data.labels[:48]),
+               UserDict(pixels=x[48:64], target=test_data.labels[48:64])]
+    assert [batch_size_of(b) for b in batches] == list(sizes)
+    moved = to_device(batches[0], torch.device("cpu"))
+    assert set(moved) == {"pixels", "target"} and moved["pixels"] is not None
+    model = tiny_cnn().eval()
+
+    def loss_fn(m, batch):
+        return F.cross_entropy(m(batch["pixels"]), batch["target"])
+
+    got = evaluate_any(model, batches, loss_fn, 64, torch.device("cpu"))["test_loss"]
+    with torch.no_grad():
+        want = float(F.cross_entropy(model(x[:64]), test_data.labels[:64]))
+    assert got == pytest.approx(want, rel=1e-5)
