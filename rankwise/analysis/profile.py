@@ -16,7 +16,7 @@ Counting rules:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -190,7 +190,7 @@ def _spec_shape(layer: FactorizedLayer) -> tuple[int, ...]:
 
 def _input_shape_of(inputs: Inputs) -> tuple[int, ...]:
     t = inputs if isinstance(inputs, torch.Tensor) else next(
-        (v for v in (inputs.values() if isinstance(inputs, dict) else inputs)
+        (v for v in (inputs.values() if isinstance(inputs, Mapping) else inputs)
          if isinstance(v, torch.Tensor)), None)
     return tuple(int(s) for s in t.shape[1:]) if t is not None else ()
 

@@ -232,6 +232,10 @@ def test_example_inputs_dict_per_sample_and_bf16_latency():
     assert prof.macs == 7 * 6 * 3 and prof.input_shape == (7,)
     assert prof.precision == "bf16" and set(prof.latency) == {2}
     assert prof.to_dict()["precision"] == "bf16"
+    from collections import UserDict  # a tokenizer's BatchEncoding is a Mapping, not a dict
+
+    keyed = profile_model(KW(), example_inputs=UserDict(input_ids=ids), latency=False)
+    assert keyed.macs == prof.macs and keyed.input_shape == (7,)
     with pytest.raises(ConfigError, match="precision"):
         profile_model(KW(), example_inputs={"input_ids": ids}, precision="fp8")
 
