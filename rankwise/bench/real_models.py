@@ -267,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-budget", type=float, default=None, metavar="R",
                    help="instead of the matrix: latency budget R against MACs budget R per "
                         "model, fp32 and bf16 (JSON under OUT/latency; real_models_latency)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="measure models whose JSON already exists again (default: skip them)")
     args = p.parse_args(argv)
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        p.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
     torchvision_cpu_shim()  # COMPAT: see the function; only this script runs it
     import transformers
 
@@ -278,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for folder, (cls, kw) in HF_CONFIGS.items():
             getattr(transformers, cls)(**kw).save_pretrained(work / folder)
-        for key in [k.strip() for k in args.models.split(",") if k.strip()]:
+        for key in keys:
+            dest = (out if args.latency_budget is None else out / "latency") / f"{key}.json"
+            if dest.exists() and not args.overwrite:
+                print(f"{key}: {dest} exists, kept (pass --overwrite to measure it again)",
+                      flush=True)
+                continue
             start = time.perf_counter()
             try:
                 rec = run_model(key, MODELS[key], args.ratio, args.quick, work) \
@@ -292,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
             rec.update(seed=0, date=time.strftime("%Y-%m-%d", time.gmtime()), commit=_commit(),
                        command="python -m rankwise.bench.real_models " + " ".join(
                            argv if argv is not None else sys.argv[1:]))
-            dest = (out if args.latency_budget is None else out / "latency") / f"{key}.json"
             dest.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(dest, json.dumps(rec, indent=2, sort_keys=True).encode())
             print(f"{key}: {rec['seconds']:.0f} s -> {dest}", flush=True)

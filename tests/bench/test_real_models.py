@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -75,3 +76,20 @@ def test_export_paths_reports_failures_per_path():
     assert cells["trace"]["max_abs_err"] < 1e-6
     bad = export_paths(Unscriptable(), torch.randn(1, 3), paths=quick)
     assert bad["trace"]["ok"] and not bad["script"]["ok"] and "Error" in bad["script"]["error"]
+
+
+def test_main_keeps_existing_results_and_refuses_unknown_models(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    import rankwise.bench.real_models as rm
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("an existing result was measured again")
+
+    monkeypatch.setattr(rm, "run_model", must_not_run)
+    (tmp_path / "resnet50.json").write_text('{"kept": true}')
+    assert rm.main(["--out", str(tmp_path), "--models", "resnet50"]) == 0
+    assert "--overwrite" in capsys.readouterr().out
+    assert json.loads((tmp_path / "resnet50.json").read_text()) == {"kept": True}
+    with pytest.raises(SystemExit) as e:
+        rm.main(["--out", str(tmp_path), "--models", "resnet5O"])
+    assert e.value.code == 2 and "resnet5O" in capsys.readouterr().err
