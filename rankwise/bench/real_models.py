@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():  # restored on return
         work = Path(tmp)
         for folder, (cls, kw) in HF_CONFIGS.items():
             getattr(transformers, cls)(**kw).save_pretrained(work / folder)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.analysis.profile import trace_inputs
+from rankwise.analysis.profile import record_input_shapes, trace_inputs
 from rankwise.errors import NonFiniteLossError
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec, conv2d_output_hw
@@ -27,6 +27,7 @@ from rankwise.linalg.grouped import (
 )
 from rankwise.linalg.spectra import ENERGY_TOL
 from rankwise.linalg.svd import thin_svd
+from rankwise.surgery.trace import as_example
 
 
 def batched_energy_ranks(s: torch.Tensor, energy: float, power: int = 2) -> torch.Tensor:
@@ -78,16 +79,22 @@ def trp_project(
     return low, sub, ranks
 
 
-def trp_flops(model: nn.Module, rows: list[Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+def trp_flops(model: nn.Module, rows: list[Any], input_shape: tuple[int, ...] | None,
+              example: Any = None) -> dict[str, Any]:
     """TRP-compatible FLOPs of the dense `model` and of its decomposition `rows` (code counting).
 
-    Every `nn.Conv2d` run by a forward on `input_shape`: FLOPs per output pixel (dense
+    Every `nn.Conv2d` run by a forward on zeros of `input_shape` (or on `example`, inputs as
+    `decompose` takes them, when `input_shape` is None): FLOPs per output pixel (dense
     `n·(c/g)·kh·kw`; factorized `FORMAT.cost(spec, r, None)`, i.e. NC `c·kh·kw·r + r·n`, VH
     `c·r·kh + n·r·kw`, ND `(n·c + n·kh·kw)·r`) × its output pixels. Linears (the FC) are
     excluded.
     """
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    seen = trace_inputs(model, input_shape, convs)
+    if input_shape is not None:
+        seen = trace_inputs(model, input_shape, convs)
+    else:
+        args, kwargs = as_example(example, None, model) or ((), {})
+        seen = record_input_shapes(model, args, kwargs, convs)
     done = {r.name: r for r in rows if r.format is not None}
     per: dict[str, tuple[int, int]] = {}
     for name, shape in seen.items():

@@ -24,6 +24,7 @@ from rankwise.methods.trp_ops import trp_flops
 from rankwise.methods.trp_targets import find_targets
 from rankwise.options import to_dict
 from rankwise.surgery.rank import RankPolicy
+from rankwise.surgery.trace import as_example
 
 
 def decompose_targets(model: nn.Module, cfg: TRPConfig) -> set[str]:
@@ -73,10 +74,13 @@ def per_filter_policy(model: nn.Module, names: set[str], inner: RankPolicy) -> P
     return PerFilterMax(inner, table)
 
 
-def trp_decompose(model: nn.Module, cfg: TRPConfig, input_shape: tuple[int, ...],
-                  train_ranks: dict[str, int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def trp_decompose(model: nn.Module, cfg: TRPConfig, input_shape: tuple[int, ...] | None,
+                  train_ranks: dict[str, int] | None = None, *, example: Any = None
+                  ) -> tuple[nn.Module, dict[str, Any]]:
     """`(factorized copy of model, report)`; the report holds the config, the policy, per-layer
-    rows (`train_energy_rank`, rank, params/MACs/TRP FLOPs before → after) and `counting`."""
+    rows (`train_energy_rank`, rank, params/MACs/TRP FLOPs before → after) and `counting`.
+    MACs and FLOPs are counted on zeros of `input_shape`, or on `example` (inputs as
+    `decompose` takes them, e.g. token ids by keyword) when `input_shape` is None."""
     from rankwise.surgery.decompose import decompose
     from rankwise.surgery.rank import ValueThreshold, parse_rank
 
@@ -88,8 +92,13 @@ def trp_decompose(model: nn.Module, cfg: TRPConfig, input_shape: tuple[int, ...]
             and not policy.is_global:
         policy = per_filter_policy(model, targets, policy)
     fact, rep = decompose(model, format=cfg.scheme, rank=policy, input_shape=input_shape,
-                          include=lambda name, _m: name in targets)
-    flops = trp_flops(model, rep.rows, input_shape)
+                          example_inputs=example, include=lambda name, _m: name in targets)
+    flops = trp_flops(model, rep.rows, input_shape, example=example)
+    if input_shape is None:  # the report states the first example tensor's shape
+        args, kwargs = as_example(example, None, model) or ((), {})
+        first = next((t for t in (*args, *kwargs.values())
+                      if isinstance(t, torch.Tensor) and t.dim()), None)
+        input_shape = () if first is None else tuple(int(v) for v in first.shape[1:])
     t = rep.totals
     layers = [{"name": r.name, "shape": list(r.dense_shape), "train_energy_rank":
                train_ranks.get(r.name), "format": r.format, "rank": r.rank,

@@ -93,3 +93,4 @@ def test_main_keeps_existing_results_and_refuses_unknown_models(tmp_path, monkey
     with pytest.raises(SystemExit) as e:
         rm.main(["--out", str(tmp_path), "--models", "resnet5O"])
     assert e.value.code == 2 and "resnet5O" in capsys.readouterr().err
+    assert torch.is_grad_enabled()  # main leaves the process's autograd state as it was

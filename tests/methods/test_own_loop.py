@@ -172,3 +172,42 @@ def test_finalize_without_a_forward_needs_the_input_shape():
         trp.finalize()
     small, _ = trp.finalize(input_shape=SHAPE)
     assert small(torch.zeros(1, *SHAPE)).shape == (1, 5)
+
+
+def test_trp_on_a_model_called_with_keyword_token_inputs():
+    """A Hugging Face style loop calls `model(**batch)` with token ids: `finalize` counts MACs
+    on one sample of what the first forward got (nothing to pass), and an explicit
+    `example_inputs` works before any forward."""
+    from collections import UserDict
+
+    from torch import nn
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 32), nn.Linear(32, 32)
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
+            return self.head(torch.relu(self.fc(self.emb(input_ids))).mean(1))
+
+    torch.manual_seed(0)
+    model = Tokens()
+    fresh = rankwise.TRP(copy.deepcopy(model), energy=0.9, include_linear=True)
+    small, report = fresh.finalize(example_inputs={"input_ids": torch.zeros(1, 6,
+                                                                            dtype=torch.long)})
+    assert report["input_shape"] == [6]
+    trp = rankwise.TRP(model, energy=0.9, include_linear=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        batch = UserDict(input_ids=torch.randint(0, 20, (8, 6)), labels=torch.randint(0, 4, (8,)))
+        trp.before_forward(step)
+        loss = F.cross_entropy(model(**batch), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        trp.after_backward(step)
+        opt.step()
+    small, report = trp.finalize()
+    assert report["input_shape"] == [6]  # one sample of the first batch's ids
+    assert report["counting"]["rankwise"]["macs_before"] == 6 * 32 * 32 + 32 * 4
+    assert small(input_ids=torch.randint(0, 20, (2, 6))).shape == (2, 4)
