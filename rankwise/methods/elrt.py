@@ -66,15 +66,19 @@ class ELRT(CompressionMethod):
         self.cfg = dataclasses.replace(base, **options) if options else base
         self.model = model
         self.input_shape: tuple[int, ...] | None = None
+        self.example_inputs: Any = None  # what a token model was traced on (`build`)
         self.build_report: dict[str, Any] | None = None
         self.last_penalty: float | None = None
 
     @classmethod
     def build(cls, model_or_name: nn.Module | str, config: ELRTConfig | None = None, *,
               input_shape: tuple[int, ...] | None = None, device: Any = None,
-              model_kwargs: dict[str, Any] | None = None, **options: Any) -> ELRT:
+              model_kwargs: dict[str, Any] | None = None, example_inputs: Any = None,
+              **options: Any) -> ELRT:
         """Factorize a dense model (its weights are ignored; a `meta` model never allocates
-        them) or a zoo name (`create_model(name, **model_kwargs)` on meta) → `ELRT`."""
+        them) or a zoo name (`create_model(name, **model_kwargs)` on meta) → `ELRT`. A module
+        is traced on zeros of `input_shape` (C, H, W) or on `example_inputs` (as `decompose`
+        takes them: a tokenizer's output for a token model)."""
         base = config if config is not None else ELRTConfig()
         cfg = dataclasses.replace(base, **options) if options else base
         if isinstance(model_or_name, str):
@@ -85,12 +89,14 @@ class ELRT(CompressionMethod):
 
                 input_shape = tuple(default_input_shape(model_or_name))
         else:
-            if input_shape is None:
-                raise ConfigError("ELRT.build: pass input_shape=(C, H, W) for a module")
-            model, report = build_factorized(model_or_name, cfg, tuple(input_shape),
-                                             device=device)
+            if input_shape is None and example_inputs is None:
+                raise ConfigError("ELRT.build: pass input_shape=(C, H, W) or example_inputs= "
+                                  "(e.g. a tokenizer's output) for a module")
+            model, report = build_factorized(model_or_name, cfg, input_shape, device=device,
+                                             example=example_inputs)
         out = cls(model, cfg)
-        out.input_shape = tuple(input_shape)
+        out.input_shape = None if input_shape is None else tuple(input_shape)
+        out.example_inputs = example_inputs
         out.build_report = report.to_dict()
         return out
 
@@ -106,17 +112,22 @@ class ELRT(CompressionMethod):
             return {"orth_penalty": float(orthogonality_penalty(self.model))}
 
     def finalize(self, model: nn.Module | None = None, *,
-                 input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-        """`(model, report)`: params/MACs vs the dense counterpart, the penalty, the config."""
+                 input_shape: tuple[int, ...] | None = None,
+                 example_inputs: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+        """`(model, report)`: params/MACs vs the dense counterpart, the penalty, the config
+        (counted on `example_inputs` or zeros of `input_shape`, default: what `build` had)."""
         model = model if model is not None else self.model
-        shape = input_shape or self.input_shape
-        if shape is None:
-            raise ConfigError("ELRT.finalize: pass input_shape=(C, H, W)")
+        example = example_inputs if input_shape is None else None
+        shape = input_shape or (self.input_shape if example is None else None)
+        if example is None and shape is None:
+            example = self.example_inputs
+        if shape is None and example is None:
+            raise ConfigError("ELRT.finalize: pass input_shape=(C, H, W) or example_inputs=")
         with torch.no_grad():
             penalty = float(orthogonality_penalty(model))
         report = {"method": "elrt", "format": self.cfg.format, "rank": self.cfg.rank,
                   "orth_weight": self.cfg.orth_weight, "orth_penalty": penalty,
-                  **elrt_summary(model, tuple(shape)),
+                  **elrt_summary(model, None if shape is None else tuple(shape), example),
                   "kept_dense": [r for r in (self.build_report or {}).get("rows", [])
                                  if r["format"] is None],
                   "config": to_dict(self.cfg)}

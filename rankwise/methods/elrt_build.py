@@ -215,26 +215,41 @@ def _materialize(model: nn.Module, device: torch.device, cfg: ELRTConfig,
                               "real device instead")
 
 
-def build_factorized(model: nn.Module, cfg: ELRTConfig, input_shape: tuple[int, ...],
-                     device: torch.device | str | None = None) -> tuple[nn.Module,
-                                                                         DecomposeReport]:
+def _traced(model: nn.Module, input_shape: tuple[int, ...] | None, example: Any,
+            layers: dict[str, nn.Module]) -> tuple[dict[str, tuple[int, ...]], int, int]:
+    """(input shape of each of `layers`, params, MACs per sample) of one forward on zeros of
+    `input_shape`, or on `example` (as `decompose` takes it; token ids by keyword) if given."""
+    from rankwise.analysis.profile import count, trace_inputs
+    from rankwise.surgery.trace import as_example, counted_layers, example_on, model_macs, trace
+
+    if example is None:
+        seen = trace_inputs(model, input_shape, layers)
+        _, params, macs = count(model, input_shape)
+        return seen, params, macs
+    where = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = trace(model, example_on(as_example(example, None, model), where),
+                 {**counted_layers(model), **layers})
+    return seen, sum(p.numel() for p in model.parameters()), model_macs(model, seen)
+
+
+def build_factorized(model: nn.Module, cfg: ELRTConfig, input_shape: tuple[int, ...] | None,
+                     device: torch.device | str | None = None, example: Any = None
+                     ) -> tuple[nn.Module, DecomposeReport]:
     """Replace the targeted Conv2d/Linear of `model` (in place) by freshly initialized factorized
     layers; return it with a `DecomposeReport` (one row per conv/linear visited).
 
     `model` may live on `meta` (no dense weight is ever allocated): the factorized layers and
     the remaining modules are then created on `device` (default: CPU, or the device of the
-    model's real tensors). `input_shape` (C, H, W) is traced once (on meta when the model is) for
-    MACs and layer order (first conv, classifier)."""
-    from rankwise.analysis.profile import count, trace_inputs
-
+    model's real tensors). `input_shape` (C, H, W), or `example` (inputs as `decompose` takes
+    them, e.g. token ids by keyword), is traced once (on meta when the model is) for MACs and
+    layer order (first conv, classifier)."""
     policy = resolve_policy(cfg.rank)
     dev = torch.device(device) if device is not None else _device_of(model)
     gen = torch.Generator().manual_seed(int(cfg.seed)) if cfg.seed is not None else None
-    input_shape = tuple(int(s) for s in input_shape)
+    input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
     dense_layers = {n: m for n, m in model.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
-    seen = trace_inputs(model, input_shape, dense_layers)
-    _, params_before, macs_before = count(model, input_shape)
+    seen, params_before, macs_before = _traced(model, input_shape, example, dense_layers)
     cands = _candidates(model, cfg)
     for c in cands:
         c.in_shape = seen.get(c.name)
@@ -311,13 +326,12 @@ def build_model(name: str, cfg: ELRTConfig, input_shape: tuple[int, ...] | None 
     return build_factorized(base, cfg, shape, device=device)
 
 
-def elrt_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Params/MACs of `model` and of its dense counterpart, per factorized layer and in total."""
-    from rankwise.analysis.profile import count, trace_inputs
-
+def elrt_summary(model: nn.Module, input_shape: tuple[int, ...] | None,
+                 example: Any = None) -> dict[str, Any]:
+    """Params/MACs of `model` and of its dense counterpart, per factorized layer and in total
+    (counted on zeros of `input_shape`, or on `example`)."""
     layers = factorized_layers(model)
-    _, params, macs = count(model, input_shape)
-    seen = trace_inputs(model, input_shape, dict(layers))
+    seen, params, macs = _traced(model, input_shape, example, dict(layers))
     penalties = layer_penalties(model)
     rows, d_params, d_macs = [], params, macs
     for name, layer in layers:

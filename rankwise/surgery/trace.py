@@ -51,6 +51,15 @@ def as_example(example_inputs: Any, input_shape: Sequence[int] | None,
                       f"dict of kwargs, got {type(example_inputs).__name__}")
 
 
+def example_on(example: Example, device: torch.device | str) -> Example:
+    """`example` with every tensor moved to `device` (the meta device for a model built there)."""
+    def move(v: Any) -> Any:
+        return v.to(device) if isinstance(v, torch.Tensor) else v
+
+    args, kwargs = example
+    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+
+
 def trace(model: nn.Module, example: Example,
           modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...]]:
     """Shape of the first tensor input each module in `modules` receives, in call order

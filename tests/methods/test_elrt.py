@@ -251,3 +251,42 @@ def test_rank_multiple_and_real_base_model():
     stem = base.stem.weight.detach().clone()
     model, _ = build_factorized(base, ELRTConfig(seed=0), SHAPE)
     assert torch.equal(model.stem.weight, stem) and isinstance(model.body[0], FactorizedLayer)
+
+
+class TokenMLP(nn.Module):
+    """Token ids → logits through an embedding, two linears on every token and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.up, self.down, self.head = nn.Linear(32, 64), nn.Linear(64, 32), nn.Linear(32, 4)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids)
+        return self.head((h + self.down(torch.relu(self.up(h)))).mean(1))
+
+
+@pytest.mark.parametrize("meta", [False, True])
+def test_token_model_is_built_on_its_keyword_inputs(meta):
+    """A model that takes token ids cannot be traced on zeros of an input shape: `build` takes
+    `example_inputs` (also for a model on meta), and `finalize` counts on the same inputs."""
+    from collections import UserDict
+
+    if meta:
+        with torch.device("meta"):
+            base = TokenMLP()
+    else:
+        base = TokenMLP()
+    ids = UserDict(input_ids=torch.zeros(1, 10, dtype=torch.long))  # a tokenizer's output
+    with pytest.raises(ConfigError, match="example_inputs"):
+        ELRT.build(TokenMLP(), format="tucker2", linear_format="svd", rank="ratio:0.5")
+    elrt = ELRT.build(base, format="tucker2", linear_format="svd", rank="ratio:0.5", seed=0,
+                      skip_classifier=True, example_inputs=ids)
+    kinds = {n: type(m).__name__ for n, m in elrt.model.named_children()}
+    assert kinds["up"] == kinds["down"] == "LowRankLinear" and kinds["head"] == "Linear"
+    assert not any(t.is_meta for t in elrt.model.parameters())
+    model, report = elrt.finalize()
+    up, down = 10 * 16 * (32 + 64), 10 * 16 * (64 + 32)  # rank 16 = 0.5 of min(in, out) = 32
+    assert report["macs"] == up + down + 32 * 4
+    assert report["dense_macs"] == 10 * 32 * 64 * 2 + 32 * 4
+    assert model(input_ids=torch.randint(0, 50, (3, 10))).shape == (3, 4)
