@@ -33,3 +33,7 @@ class ConfigError(RankwiseError, ValueError):
 
 class NonFiniteLossError(RankwiseError, FloatingPointError):
     """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+class LatencyTargetWarning(UserWarning):
+    """A latency budget's target is out of reach: the fastest plan the table allows is used."""

@@ -30,7 +30,7 @@ from torch import nn
 
 from rankwise.analysis.latency import RUNTIMES
 from rankwise.analysis.macs import Inputs
-from rankwise.errors import ConfigError
+from rankwise.errors import ConfigError, LatencyTargetWarning
 from rankwise.io.export_precision import check_precision
 from rankwise.layers import FORMATS
 from rankwise.layers.base import dense_spec_of
@@ -249,7 +249,8 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
                      "source": info[i][sol.picks[i]][0]})
     if not sol.met:
         warnings.warn(f"{policy}: target {target:.3f} ms is out of reach; the fastest plan "
-                      f"predicts {sol.total_ms:.3f} ms (dense {dense_ms:.3f} ms)", stacklevel=2)
+                      f"predicts {sol.total_ms:.3f} ms (dense {dense_ms:.3f} ms)",
+                      LatencyTargetWarning, stacklevel=2)
     energy = sum(r["energy"] for r in rows) / len(rows) if rows else 1.0
     return LatencyPlan(choices, rows, dense_ms, fixed, target, sol.total_ms, sol.met, energy,
                        table.key.to_dict())

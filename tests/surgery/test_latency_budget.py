@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rankwise.errors import ConfigError
+from rankwise.errors import ConfigError, LatencyTargetWarning
 from rankwise.layers import FORMATS, FactorizedLayer
 from rankwise.layers.shapes import ConvSpec, conv2d_macs
 from rankwise.surgery.latency_budget import (
@@ -97,7 +97,7 @@ def test_options_slower_than_dense_are_never_chosen():
     model = tiny()
     table, _ = fake_table(model, tucker_only_fast)
     policy = LatencyBudget(ratio=0.2, batch=2, measure=False, table=table, fixed_ms=0.0)
-    with pytest.warns(UserWarning, match="out of reach"):
+    with pytest.warns(LatencyTargetWarning, match="out of reach"):
         plan = latency_plan(model, None, policy, SHAPE)
     assert not plan.met
     formats = {c[0] for c in plan.choices.values() if c is not None}
