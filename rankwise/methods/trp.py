@@ -38,7 +38,8 @@ from rankwise.methods.trp_targets import require_targets
 
 
 def _first_row(v: Any) -> Any:
-    return v[:1].detach() if isinstance(v, torch.Tensor) and v.dim() else v
+    """A copy of the first sample of a batched tensor (not a view: the batch is not kept)."""
+    return v[:1].detach().clone() if isinstance(v, torch.Tensor) and v.dim() else v
 
 
 def _shape_recorder(method: TRP) -> Any:
