@@ -259,17 +259,11 @@ def _latency_ranks(model: nn.Module, usable: list[Candidate], policy: LatencyBud
     """Per-layer (format, rank) from the measured-latency allocator; each chosen layer's
     candidate takes the format the allocator picked (channel / spatial / Tucker-2 for a conv,
     svd for a linear)."""
-    args, kwargs = example if example is not None else ((), {})
-    if args and kwargs:
-        raise ConfigError("a latency budget runs the model on its example inputs: pass them "
-                          "either positionally, example_inputs=(x,), or by keyword, "
-                          "example_inputs={'input_ids': ids, ...}")
-    if not args and not kwargs:
+    if example is None:
         raise ConfigError("a latency budget times each layer at the input it sees: pass "
                           "example_inputs=(torch.randn(1, C, H, W),) (or input_shape=), or a "
                           "tokenizer's output as a dict")
-    inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
-    plan = latency_plan(model, usable, policy, inputs)
+    plan = latency_plan(model, usable, policy, example)
     ranks: dict[str, tuple[int, ...] | None] = {}
     for c in usable:
         choice = plan.choices.get(c.name)

@@ -9,16 +9,17 @@ arguments sets its cost: a conv's input `(H, W)`, a linear's `(rows per sample, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from rankwise.analysis.macs import Inputs
-from rankwise.analysis.profile import record_input_shapes, tokens_of, trace_inputs
+from rankwise.analysis.profile import tokens_of, trace_inputs
 from rankwise.errors import ConfigError
 from rankwise.layers.shapes import Pair
+from rankwise.surgery.trace import as_example, trace
 
 
 def candidate_layers(model: nn.Module, candidates: Any) -> list[tuple[str, nn.Module]]:
@@ -43,35 +44,29 @@ def is_shape(x: Any) -> bool:
         isinstance(s, int) for s in x)
 
 
-def layer_inputs(model: nn.Module, example_inputs: Inputs | Sequence[int],
+def layer_inputs(model: nn.Module, example_inputs: Any,
                  layers: dict[str, nn.Module]
                  ) -> tuple[tuple[int, ...], Inputs | None, dict[str, tuple[int, ...]]]:
     """(input shape without batch, the inputs to time the model on or None, the input shape
-    each layer of `layers` sees)."""
+    each layer of `layers` sees). `example_inputs`: an input shape, or anything
+    `trace.as_example` takes (a tensor, positional args, keyword inputs, `(args, kwargs)`) as
+    long as the inputs are all positional or all keyword (the model is timed on them)."""
     if is_shape(example_inputs):
-        shape = tuple(int(s) for s in example_inputs)  # type: ignore[union-attr]
+        shape = tuple(int(s) for s in example_inputs)
         return shape, None, trace_inputs(model, shape, layers)
-    tensors = [example_inputs] if isinstance(example_inputs, torch.Tensor) else list(
-        example_inputs.values() if isinstance(example_inputs, Mapping) else example_inputs)
-    first = next((t for t in tensors if isinstance(t, torch.Tensor) and t.dim()), None)
+    args, kwargs = as_example(example_inputs, None, model)
+    if args and kwargs:
+        raise ConfigError("a latency budget runs the model on its example inputs: pass them "
+                          "either positionally, example_inputs=(x,), or by keyword, "
+                          "example_inputs={'input_ids': ids, ...}")
+    first = next((t for t in (*args, *kwargs.values())
+                  if isinstance(t, torch.Tensor) and t.dim()), None)
     if first is None:
         raise ConfigError("latency budget: example_inputs holds no tensor with a batch "
                           "dimension; pass e.g. torch.randn(1, C, H, W) or the tokenizer's "
                           "output (input_ids, attention_mask)")
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
-    if isinstance(example_inputs, torch.Tensor):
-        args = (example_inputs,)
-    elif isinstance(example_inputs, Mapping):
-        kwargs = dict(example_inputs)
-    else:
-        args = tuple(example_inputs)
-    try:
-        seen = record_input_shapes(model, args, kwargs, layers)
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise ConfigError(f"latency budget: the forward pass on example_inputs failed ({e}); "
-                          "pass the inputs the model takes") from e
-    return tuple(first.shape[1:]), example_inputs, seen
+    inputs: Inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+    return tuple(first.shape[1:]), inputs, trace(model, (args, kwargs), layers)
 
 
 def extent(module: nn.Module, seen: tuple[int, ...]) -> Pair:
