@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.analysis.profile import record_input_shapes, trace_inputs
+from rankwise.analysis.profile import trace_inputs
 from rankwise.errors import NonFiniteLossError
 from rankwise.layers import FORMATS
 from rankwise.layers.shapes import ConvSpec, conv2d_output_hw
@@ -27,7 +27,7 @@ from rankwise.linalg.grouped import (
 )
 from rankwise.linalg.spectra import ENERGY_TOL
 from rankwise.linalg.svd import thin_svd
-from rankwise.surgery.trace import as_example
+from rankwise.surgery.trace import as_example, trace
 
 
 def batched_energy_ranks(s: torch.Tensor, energy: float, power: int = 2) -> torch.Tensor:
@@ -90,11 +90,8 @@ def trp_flops(model: nn.Module, rows: list[Any], input_shape: tuple[int, ...] | 
     excluded.
     """
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    if input_shape is not None:
-        seen = trace_inputs(model, input_shape, convs)
-    else:
-        args, kwargs = as_example(example, None, model) or ((), {})
-        seen = record_input_shapes(model, args, kwargs, convs)
+    seen = trace_inputs(model, input_shape, convs) if input_shape is not None else \
+        trace(model, as_example(example, None, model), convs)
     done = {r.name: r for r in rows if r.format is not None}
     per: dict[str, tuple[int, int]] = {}
     for name, shape in seen.items():

@@ -91,11 +91,12 @@ def trp_decompose(model: nn.Module, cfg: TRPConfig, input_shape: tuple[int, ...]
     if cfg.scheme == "nd" and isinstance(policy, RankPolicy) and policy.needs_spectra \
             and not policy.is_global:
         policy = per_filter_policy(model, targets, policy)
+    example = None if input_shape is not None else as_example(example, None, model)
     fact, rep = decompose(model, format=cfg.scheme, rank=policy, input_shape=input_shape,
                           example_inputs=example, include=lambda name, _m: name in targets)
     flops = trp_flops(model, rep.rows, input_shape, example=example)
-    if input_shape is None:  # the report states the first example tensor's shape
-        args, kwargs = as_example(example, None, model) or ((), {})
+    if example is not None:  # the report states the first example tensor's shape
+        args, kwargs = example
         first = next((t for t in (*args, *kwargs.values())
                       if isinstance(t, torch.Tensor) and t.dim()), None)
         input_shape = () if first is None else tuple(int(v) for v in first.shape[1:])

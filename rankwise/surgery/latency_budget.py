@@ -189,8 +189,9 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
     `decompose` selects), or None for every `nn.Conv2d` and `nn.Linear`; other candidates stay
     dense. `example_inputs`: the input shape without batch (images), or inputs as the model
     takes them — a tensor `(B, …)`, a tuple of positional tensors, keyword tensors such as a
-    tokenizer's output, or `(args, kwargs)` with one of them empty; each layer is timed at the input it sees there (a linear at its rows per
-    sample), at `policy.batch`. Measures missing table entries when `policy.measure`.
+    tokenizer's output, or `(args, kwargs)` with one of them empty; each layer is timed at the
+    input it sees there (a linear at its rows per sample), at `policy.batch`. Measures missing
+    table entries when `policy.measure`.
     """
     pairs = candidate_layers(model, candidates)
     mods = {n: m for n, m in pairs if isinstance(m, (nn.Conv2d, nn.Linear))}
