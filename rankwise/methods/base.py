@@ -70,6 +70,20 @@ class CompressionMethod:
         """After training: `(compressed model, JSON-able report)`; default the model as is."""
         return model if model is not None else getattr(self, "model", None), {}
 
+    def counting_inputs(self, input_shape: tuple[int, ...] | None = None,
+                        example_inputs: Any = None) -> tuple[tuple[int, ...] | None, Any]:
+        """What `finalize` counts MACs on: `(input_shape, None)` or `(None, example_inputs)`.
+        The arguments win (`input_shape` first), then the method's own `input_shape` and
+        `example_inputs` attributes; `(None, None)` when none is known."""
+        own = (getattr(self, "input_shape", None), getattr(self, "example_inputs", None))
+        for shape, example in ((input_shape, None), (None, example_inputs), (own[0], None),
+                               (None, own[1])):
+            if shape is not None:
+                return tuple(shape), None
+            if example is not None:
+                return None, example
+        return None, None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -117,17 +117,14 @@ class ELRT(CompressionMethod):
         """`(model, report)`: params/MACs vs the dense counterpart, the penalty, the config
         (counted on `example_inputs` or zeros of `input_shape`, default: what `build` had)."""
         model = model if model is not None else self.model
-        example = example_inputs if input_shape is None else None
-        shape = input_shape or (self.input_shape if example is None else None)
-        if example is None and shape is None:
-            example = self.example_inputs
+        shape, example = self.counting_inputs(input_shape, example_inputs)
         if shape is None and example is None:
             raise ConfigError("ELRT.finalize: pass input_shape=(C, H, W) or example_inputs=")
         with torch.no_grad():
             penalty = float(orthogonality_penalty(model))
         report = {"method": "elrt", "format": self.cfg.format, "rank": self.cfg.rank,
                   "orth_weight": self.cfg.orth_weight, "orth_penalty": penalty,
-                  **elrt_summary(model, None if shape is None else tuple(shape), example),
+                  **elrt_summary(model, shape, example),
                   "kept_dense": [r for r in (self.build_report or {}).get("rows", [])
                                  if r["format"] is None],
                   "config": to_dict(self.cfg)}

@@ -44,7 +44,7 @@ def _first_row(v: Any) -> Any:
 
 def _shape_recorder(method: TRP) -> Any:
     """A forward pre-hook (a plain function: deep copies of the model share it) that records
-    the first forward's inputs, one sample of each (`method.example`, positional and keyword:
+    the first forward's inputs, one sample of each (`method.example_inputs`, positional and keyword:
     image tensors or a tokenizer's ids) and an image input's (C, H, W) (`method.input_shape`),
     then removes itself."""
     ref = weakref.ref(method)
@@ -55,7 +55,7 @@ def _shape_recorder(method: TRP) -> Any:
             return
         if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
             owner.input_shape = tuple(int(s) for s in args[0].shape[1:])
-        owner.example = (tuple(_first_row(a) for a in args),
+        owner.example_inputs = (tuple(_first_row(a) for a in args),
                          {k: _first_row(v) for k, v in kwargs.items()})
         owner._shape_hook.remove()
 
@@ -93,7 +93,7 @@ class TRP(CompressionMethod):
         self.trp_steps = 0
         self.last_step = -1
         self.input_shape = tuple(input_shape) if input_shape is not None else None
-        self.example: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self.example_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._ranks: dict[str, int] = {}
         self._subs: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._sub_step = -1
@@ -178,18 +178,15 @@ class TRP(CompressionMethod):
     def finalize(self, model: nn.Module | None = None, *,
                  input_shape: tuple[int, ...] | None = None,
                  example_inputs: Any = None) -> tuple[nn.Module, dict[str, Any]]:
-        """`(factorized copy of model, report)`. MACs are counted on `example_inputs` (as
-        `decompose` takes them), else on zeros of `input_shape` (C, H, W), else on the inputs
-        of the first forward (one sample; keyword inputs such as token ids included)."""
-        shape = input_shape or (self.input_shape if example_inputs is None else None)
-        example = example_inputs if example_inputs is not None else \
-            (self.example if input_shape is None else None)
+        """`(factorized copy of model, report)`. MACs are counted on zeros of `input_shape`
+        (C, H, W), else on `example_inputs` (as `decompose` takes them), else on the inputs of
+        the first forward (one sample; keyword inputs such as token ids included)."""
+        shape, example = self.counting_inputs(input_shape, example_inputs)
         if shape is None and example is None:
             raise ConfigError("TRP.finalize: no forward was seen; pass input_shape=(C, H, W) "
                               "or example_inputs= (e.g. a tokenizer's output)")
-        return trp_decompose(model if model is not None else self.model, self.cfg,
-                             None if shape is None else tuple(shape), self.last_ranks,
-                             example=example if shape is None else None)
+        return trp_decompose(model if model is not None else self.model, self.cfg, shape,
+                             self.last_ranks, example=example)
 
     def state_dict(self) -> dict[str, Any]:
         return {"trp_steps": self.trp_steps, "last_step": self.last_step,
