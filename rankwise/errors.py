@@ -35,5 +35,9 @@ class NonFiniteLossError(RankwiseError, FloatingPointError):
     """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
+class EmulatedPrecisionWarning(UserWarning):
+    """bf16 was asked for on a CPU without bfloat16 instructions: slower than fp32."""
+
+
 class LatencyTargetWarning(UserWarning):
     """A latency budget's target is out of reach: the fastest plan the table allows is used."""

@@ -8,15 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.analysis.precision import resolve_precision
+
 PRECISIONS = ("fp32", "bf16")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
-    """bfloat16 autocast on CPU or CUDA when `precision == "bf16"`, else a null context.
+    """bfloat16 autocast on CPU or CUDA when `precision` is "bf16" (or "auto" where the device
+    computes bf16 natively, `analysis.precision`), else a null context.
 
     Weights stay float32 (master weights); matmuls and convs run in bf16 inside the context.
     """
-    if precision == "bf16" and device.type in ("cpu", "cuda"):
+    if resolve_precision(precision, device) == "bf16" and device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

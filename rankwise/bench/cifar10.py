@@ -13,7 +13,7 @@ identity shortcuts with zero-padded channels), **not** the reference TRP code's 
 "ResNet-56". Schedules (`SCHEDULES`): "paper" is the TRP recipe (164 epochs, lr 0.1 ÷10 at
 82/122, wd 1e-4, batch 128, crop+flip); "cpu60" (the default) and "cpu40" are the shortened ones
 this suite runs on one CPU core: 60 epochs cosine with wd 5e-4, and 40 epochs cosine with wd
-1e-4 (lr 0.1, batch 128, crop+flip, bf16 autocast, channels-last, 1 thread). Run names carry
+1e-4 (lr 0.1, batch 128, crop+flip, `PRECISION`, channels-last, 1 thread). Run names carry
 the schedule (`r20-dense-cpu60`; "cpu40" keeps the plain names it was first run under) and the
 table states which one each row used (from its config.json).
 
@@ -66,7 +66,11 @@ SCHEDULES: dict[str, tuple[str, ...]] = {
 DEFAULT_SCHEDULE = "cpu60"
 LEGACY_SCHEDULE = "cpu40"
 """Runs of the legacy schedule keep the names they were first run under (no schedule tag)."""
-RUNTIME = ("--precision", "bf16", "--channels-last", "--num-threads", "1", "--quiet")
+PRECISION = ("--precision", "auto")
+"""bf16 autocast where the CPU computes bf16 natively (`analysis.precision`), else fp32: the rows
+of BENCHMARKS.md ran bf16 on an AVX-512-bf16 CPU; on an AVX2-only CPU emulated bf16 is ~13×
+slower than fp32. The table's schedule column says which precision each row ran in."""
+RUNTIME = (*PRECISION, "--channels-last", "--num-threads", "1", "--quiet")
 SWEEP_RATIOS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 FINETUNE_EPOCHS = 10
 RETRAIN_EPOCHS = 4
@@ -155,7 +159,7 @@ def _decompose(prefix: str, scheme: str, schedule: str, seed: int, at: str | Non
         f"{at.removeprefix(prefix + '-').removesuffix(x)}{x}"
     budget = f"budget:macs={1.0 / PAPER_SPEEDUP[scheme]:.3f}" if at is None else \
         f"budget:macs={{macs:{at}}}"
-    runtime = () if schedule == LEGACY_SCHEDULE else ("--precision", "bf16", "--channels-last")
+    runtime = () if schedule == LEGACY_SCHEDULE else (*PRECISION, "--channels-last")
     argv = ("decompose", "--checkpoint", f"{{runs}}/{prefix}-dense{x}", "--format", scheme,
             "--rank", budget, "--skip-first-conv", "--dataset", SUITE, "--finetune",
             str(FINETUNE_EPOCHS), "--lr", "0.01", "--schedule", "cosine", *runtime,
@@ -169,7 +173,7 @@ def _retrain(run: str, seed: int) -> Step:
     argv = ("decompose", "--checkpoint", f"{{runs}}/{run}", "--format", "channel",
             "--linear-format", "none", "--rank", "value:0.05", "--skip-first-conv", "--dataset",
             SUITE, "--finetune", str(RETRAIN_EPOCHS), "--lr", "0.01", "--schedule", "cosine",
-            "--precision", "bf16", "--channels-last", "--num-threads", "1", "--seed", str(seed),
+            *PRECISION, "--channels-last", "--num-threads", "1", "--seed", str(seed),
             "--quiet", "--out", f"{{runs}}/{run}-rt{RETRAIN_EPOCHS}")
     return Step(argv, f"{run}-rt{RETRAIN_EPOCHS}", "decompose_report.json")
 
@@ -287,6 +291,26 @@ def commands(rows: Sequence[BenchRow] | None = None,
     return [*seen.items(), *later.items()]
 
 
+def open_rows(rows: Sequence[BenchRow], results_dir: Path = RESULTS_DIR) -> list[BenchRow]:
+    """The rows still to produce: those without a result file `results_dir/<row>.json`, and the
+    rows whose runs they read (`needs`, a `{macs:RUN}` placeholder), transitively, in `rows`
+    order. A row whose result is committed is not run again on a fresh clone unless a row still
+    to produce reads its run; delete its result file to rerun it."""
+    results_dir = Path(results_dir)
+    producer = {s.out: r.name for r in rows for s in r.steps}
+    keep = {r.name for r in rows if not (results_dir / f"{r.name}.json").is_file()}
+    todo = list(keep)
+    by_name = {r.name: r for r in rows}
+    while todo:
+        row = by_name[todo.pop()]
+        reads = [*row.needs, *(s.waits_for for s in row.steps if s.waits_for)]
+        for name in (producer[n] for n in reads if n in producer):
+            if name not in keep:
+                keep.add(name)
+                todo.append(name)
+    return [r for r in rows if r.name in keep]
+
+
 def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None = None
                      ) -> list[tuple[str, str]]:
     """`commands()` of the steps not finished yet in `runs_dir`; a step stopped after an epoch
@@ -300,4 +324,4 @@ def pending_commands(runs_dir: Path = RUNS_DIR, rows: Sequence[BenchRow] | None 
 
 __all__ = ["BenchRow", "DEFAULT_SCHEDULE", "LEGACY_SCHEDULE", "MODELS", "RESULTS_DIR",
            "RUNS_DIR", "SCHEDULES", "SFW_SETTINGS", "Step", "commands", "model_rows",
-           "pending_commands", "schedule_of", "step_done", "suite_rows"]
+           "open_rows", "pending_commands", "schedule_of", "step_done", "suite_rows"]

@@ -209,30 +209,50 @@ def _compress_metrics(path: Path) -> dict[str, Any]:
             "stages": rows}
 
 
+def dense_reference(dense_dir: Path | None, config: dict[str, Any]) -> tuple[nn.Module, str]:
+    """The dense model a row's latency is timed against, and where it came from: the saved
+    model of the dense run (`dense_dir`), or, when that run is not in the runs directory (a
+    fresh clone holds only its committed result file), the row's architecture as its
+    config.json names it, freshly initialised. Batch-1 latency depends on the layers' shapes,
+    not on their values, so both give the same dense time."""
+    from rankwise.io.model_file import load
+    from rankwise.models import build_model
+
+    if dense_dir is not None:
+        return load(dense_dir), "dense run"
+    spec = config.get("model") or {}
+    if not spec.get("name"):
+        raise ConfigError("cannot time against dense: the run's config.json names no model")
+    return build_model(spec["name"], seed=0, **(spec.get("kwargs") or {})), "dense architecture"
+
+
 def row_metrics(runs_dir: Path, row: BenchRow, config: dict[str, Any],
-                dense_dir: Path | None = None) -> dict[str, Any]:
-    """The metrics of one finished row (see the module docstring); latency against the saved
-    model in `dense_dir` when given."""
+                dense_dir: Path | None = None, latency: bool = True) -> dict[str, Any]:
+    """The metrics of one finished row (see the module docstring); with `latency`, latency
+    against `dense_reference(dense_dir, config)`."""
     from rankwise.io.model_file import load
 
     shape = tuple(config.get("input_shape") or (3, 32, 32))
     if row.post == "compress":
         return _compress_metrics(runs_dir / row.run / "report.json")
-    dense = load(dense_dir) if dense_dir is not None else None
+    dense, source = dense_reference(dense_dir, config) if latency else (None, None)
     if row.post == "sweep":
         base = runs_dir / (row.needs[0] if row.needs else row.steps[0].out)
         out = model_metrics(load(base), _test_data(config), shape, dense)
         out["sweep"] = _sweep_rows(_sweep_file(runs_dir, row))
-        return out
-    if row.post not in MODEL_POSTS:
+    elif row.post in MODEL_POSTS:
+        path = runs_dir / row.run / MODEL_POSTS[row.post]
+        out = model_metrics(load(path), _test_data(config), shape, dense)
+    else:
         raise ConfigError(f"cifar10 row {row.name}: unknown post-processing {row.post!r}")
-    path = runs_dir / row.run / MODEL_POSTS[row.post]
-    return model_metrics(load(path), _test_data(config), shape, dense)
+    if source is not None:
+        out["latency_dense"] = source
+    return out
 
 
-def result_record(runs_dir: Path, row: BenchRow, dense_dir: Path | None = None
-                  ) -> dict[str, Any]:
-    """The result JSON of one finished row (latency against the model in `dense_dir`)."""
+def result_record(runs_dir: Path, row: BenchRow, dense_dir: Path | None = None,
+                  latency: bool = True) -> dict[str, Any]:
+    """The result JSON of one finished row (`row_metrics`)."""
     from rankwise.bench.harness import environment
 
     config = _run_config(runs_dir, row)
@@ -253,7 +273,7 @@ def result_record(runs_dir: Path, row: BenchRow, dense_dir: Path | None = None
         "schedule": {k: train.get(k) for k in ("epochs", "schedule", "lr", "milestones",
                                                "weight_decay", "batch_size", "precision")},
         "source": _fingerprint(runs_dir, row), "metrics_version": METRICS_VERSION,
-        "metrics": _finite(row_metrics(runs_dir, row, config, dense_dir)),
+        "metrics": _finite(row_metrics(runs_dir, row, config, dense_dir, latency)),
     }
 
 
@@ -291,8 +311,8 @@ def collect(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
                     and old.get("metrics_version") == METRICS_VERSION):
                 continue
         results_dir.mkdir(parents=True, exist_ok=True)
-        dense = dense_of.get((row.model, schedule_of(row), row.seed)) if latency else None
-        atomic_write_json(path, result_record(runs_dir, row, dense))
+        dense = dense_of.get((row.model, schedule_of(row), row.seed))
+        atomic_write_json(path, result_record(runs_dir, row, dense, latency))
         written.append(path)
     return written
 

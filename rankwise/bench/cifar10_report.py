@@ -118,8 +118,9 @@ def model_table(model: str, rows: Sequence[BenchRow], results: dict[str, dict[st
         size = m.get("bytes") if row.post == "compress" else \
             (4 * m["params"] if m.get("params") else None)
         sched = res.get("schedule") or {}
-        sched_text = f"{sched.get('epochs')} ep {sched.get('schedule')}" if sched.get("epochs") \
-            else "–"
+        sched_text = ", ".join(filter(None, (
+            f"{sched.get('epochs')} ep {sched.get('schedule')}", sched.get("precision")))) \
+            if sched.get("epochs") else "–"
         pa, pd = _paper_cells(row)
         lines.append(
             f"| {row.label} | {_f(acc)} | {_signed(d)} | {pa} | {pd} | "

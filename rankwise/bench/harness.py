@@ -71,6 +71,7 @@ def environment(command: str | None = None) -> dict[str, Any]:
     import torch
 
     import rankwise
+    from rankwise.analysis.precision import resolve_precision
 
     try:
         commit = subprocess.run(
@@ -94,6 +95,7 @@ def environment(command: str | None = None) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "rankwise": rankwise.__version__,
         "git_commit": commit,
+        "precision_auto": resolve_precision("auto", "cuda" if device != "cpu" else "cpu"),
     }
 
 

@@ -97,10 +97,11 @@ QUICK = SuiteConfig(
             SuiteModel("resnet20-w8", "resnet20", {"width": 8})),
     epochs=3, finetune=1, lr=0.05, limit_train=10000, limit_test=2000,
     # No crop/flip (28×28 grey images) and half an epoch of warm-up: ELRT's factorized linears
-    # diverged at lr 0.05 without warm-up; every method gets the same recipe. bf16 autocast +
+    # diverged at lr 0.05 without warm-up; every method gets the same recipe. bf16 autocast where
+    # the CPU computes bf16 natively ("auto"; emulated bf16 is ~13× slower than fp32 on AVX2) +
     # channels_last: a training step at batch 128, 1 thread, interleaved against fp32 NCHW, was
     # 2.75× (smallcnn) and 1.42× (resnet20-w8) faster on the AVX-512-bf16 CPU of BENCHMARKS.md.
-    train_options={"augment": False, "warmup_epochs": 0.5, "precision": "bf16",
+    train_options={"augment": False, "warmup_epochs": 0.5, "precision": "auto",
                    "channels_last": True},
     # SFW: a 3-epoch run is 234 steps, so the ball is tight (width 3) and lr 0.3 makes the
     # step sizes sum to ~10, the low-rank regime of the CIFAR-10 probe (BENCHMARKS.md, "Why SFW

@@ -125,8 +125,9 @@ def suite_header(name: str, results: list[dict[str, Any]]) -> str:
         return "/".join(shown) if shown else "?"
 
     seeds = sorted({r.get("params", {}).get("seed") for r in results} - {None})
+    auto = f"auto: {env['precision_auto']}" if env.get("precision_auto") else "auto"
     precisions = sorted({str((s.get("train_options") or {}).get("precision", "fp32"))
-                         for s in settings}) or ["?"]
+                         .replace("auto", auto) for s in settings}) or ["?"]
     return (f"Suite `{name}` ({values('dataset')}; {values('epochs')} epochs; training in "
             f"{'/'.join(precisions)}; train limit "
             f"{values('limit_train')}, test limit {values('limit_test')}; lr {values('lr')}, "

@@ -18,8 +18,10 @@ import json
 import math
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEBUG_FLAG = "--debug"
 INT_LIST_FLAGS = ("--seeds", "--milestones")  # comma-separated ints, checked while parsing
@@ -191,6 +193,17 @@ def describe_error(e: BaseException) -> str:
                      "traceback and report it")
 
 
+def _one_line_warnings(prog: str, show: Any) -> Any:
+    """`warnings.showwarning` printing rankwise's own warnings (`rankwise.errors`) as one line
+    `PROG: warning: MESSAGE`; any other warning goes to `show` as before."""
+    def one_line(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if category.__module__ == "rankwise.errors":
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kw)
+    return one_line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `rankwise ARGV`; returns the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -204,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"rankwise {args.command}"
     try:
         check_args(args)
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(prog, warnings.showwarning)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

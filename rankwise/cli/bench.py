@@ -99,8 +99,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _cifar10(args: argparse.Namespace) -> int:
     """`rankwise bench cifar10 --action pending|commands|run|collect|section`: the suite's run
-    commands (all, or those not finished under `--out`, default runs/cifar10), a queue running
-    the unfinished ones (`bench.cifar10_queue`), result files from the finished runs
+    commands (all, or those not finished under `--out`, default runs/cifar10, of the rows
+    without a result file and the runs those read, `open_rows`), a queue running the
+    unfinished ones (`bench.cifar10_queue`), result files from the finished runs
     (`RESULTS/cifar10/`), or the BENCHMARKS.md section."""
     from rankwise.bench.cifar10 import (
         DEFAULT_SCHEDULE,
@@ -108,6 +109,7 @@ def _cifar10(args: argparse.Namespace) -> int:
         SCHEDULES,
         SUITE,
         commands,
+        open_rows,
         pending_commands,
         suite_rows,
     )
@@ -118,16 +120,17 @@ def _cifar10(args: argparse.Namespace) -> int:
     default = args.models is None and args.schedule is None and args.seeds is None
     rows = suite_rows(tuple((args.models or "r20,r56").split(",")),
                       args.schedule or DEFAULT_SCHEDULE, _seeds(args.seeds or "0"))
+    todo = rows if args.no_resume else open_rows(rows, results / SUITE)
     if args.action == "run":
         from rankwise.bench.cifar10_queue import run_queue
 
-        failed = {n: rc for n, rc in run_queue(rows, runs).items() if rc != 0}
+        failed = {n: rc for n, rc in run_queue(todo, runs).items() if rc != 0}
         for name, rc in failed.items():
             print(f"{name}: failed (exit {rc})", file=sys.stderr)
         return 1 if failed else 0
     if args.action in ("commands", "pending"):
         listed = commands(rows, runs) if args.action == "commands" else \
-            pending_commands(runs, rows)
+            pending_commands(runs, todo)
         print("\n".join(cmd for _, cmd in listed))
     elif args.action == "collect":
         from rankwise.bench.cifar10_collect import collect
@@ -199,7 +202,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--compare", default=None, metavar="PAPER", choices=sorted(PAPERS),
                    help=f"print a paper's published numbers ({', '.join(sorted(PAPERS))}) next "
                         "to ours from --out")
-    p.add_argument("--no-resume", action="store_true", help="rerun finished cells")
+    p.add_argument("--no-resume", action="store_true",
+                   help="rerun finished cells (cifar10: also the rows whose result file exists)")
     p.add_argument("--epochs", type=int, default=None, help="override the suite's epochs")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--methods", default=None, help="subset, e.g. dense,trp")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise.analysis.precision import TRAIN_PRECISIONS
 from rankwise.errors import ConfigError
 
 
@@ -127,6 +128,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the fine-tuning from OUT/finetune/checkpoint.pt")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fine-tuning precision (bf16: autocast, fp32 master weights)")
+    g.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
+                   help="fine-tuning precision (bf16: autocast, fp32 master weights; auto: bf16 "
+                        "where the device computes it natively, else fp32)")
     g.add_argument("--channels-last", action="store_true", help="NHWC while fine-tuning")

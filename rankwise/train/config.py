@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rankwise import options
+from rankwise.analysis.precision import TRAIN_PRECISIONS, resolve_precision
 from rankwise.errors import ConfigError
 from rankwise.options import option
 
@@ -23,8 +24,9 @@ class TrainConfig:
     Units: `lr` per step at full schedule value; `batch_size` is the *global* batch (split evenly
     over DDP ranks); `milestones` and `warmup_epochs` in epochs (the schedule itself is stepped
     per iteration); `log_every` in steps; `eval_every` in epochs (the last epoch is always
-    evaluated). `precision="bf16"` runs forward passes under bfloat16 autocast (CPU with
-    AVX-512-bf16/AMX, or CUDA; fp32 master weights, losses and method maths stay fp32);
+    evaluated). `precision="bf16"` runs forward passes under bfloat16 autocast (fp32 master
+    weights, losses and method maths stay fp32); "auto" becomes "bf16" where the device computes
+    bf16 natively and "fp32" elsewhere (`analysis.precision`), so `cfg.precision` is never "auto";
     `channels_last` (NHWC) acts everywhere (1.2–1.6× faster ELRT steps on CPU); `compile` wraps
     the forward in `torch.compile`. `deterministic=None` means "on for CPU, off for CUDA".
     `check_finite_every`: steps between NaN/Inf loss checks (each check is a device sync).
@@ -49,8 +51,10 @@ class TrainConfig:
                                     high_open=True)
     seed: int = option(0, help="seed of init, shuffling and augmentation")
     device: str = option("cpu", help="cpu, cuda or cuda:N")
-    precision: str = option("fp32", help="bf16: bfloat16 autocast on CPU (AVX-512-bf16/AMX) "
-                                         "or CUDA", choices=("fp32", "bf16"))
+    precision: str = option("fp32", help="bf16: bfloat16 autocast on CPU or CUDA; auto: bf16 "
+                                         "where the device computes it natively (AVX-512-bf16, "
+                                         "AMX, Arm bf16, CUDA), else fp32",
+                            choices=TRAIN_PRECISIONS)
     channels_last: bool = option(False, help="NHWC memory format (faster on CPU and CUDA)")
     compile: bool = option(False, help="torch.compile the model")
     augment: bool = option(True, help="crop/flip augmentation (--no-augment: none)")
@@ -69,6 +73,9 @@ class TrainConfig:
         if isinstance(self.milestones, tuple):
             self.milestones = list(self.milestones)
         self.validate()
+        if self.precision == "auto":
+            check_device(self.device)
+            self.precision = resolve_precision(self.precision, self.device)
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and the accepted range."""

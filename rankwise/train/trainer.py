@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankwise.analysis.accuracy import autocast
-from rankwise.errors import ConfigError, NonFiniteLossError
+from rankwise.analysis.precision import emulated_bf16
+from rankwise.errors import ConfigError, EmulatedPrecisionWarning, NonFiniteLossError
 from rankwise.train import distributed as D
 from rankwise.train.batches import (
     LossFn,
@@ -85,6 +87,8 @@ class Trainer:
         self.should_stop = False
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        if (slow := emulated_bf16(cfg.precision, self.device)) and self.is_main:
+            warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
         self.model = model.to(self.device)
         if cfg.channels_last:  # NHWC: also pays on CPU for factorized (1x1-heavy) models
             self.model = self.model.to(memory_format=torch.channels_last)

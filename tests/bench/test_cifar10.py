@@ -47,7 +47,7 @@ def test_commands_match_the_queued_runs_and_order_dependencies() -> None:
     cmds = dict(commands(suite_rows(("r20",), schedule="cpu40")))
     dense = cmds["r20-dense"]
     for flag in ("--model resnet20", "--dataset cifar10", "--epochs 40", "--schedule cosine",
-                 "--lr 0.1", "--wd 1e-4", "--batch-size 128", "--precision bf16",
+                 "--lr 0.1", "--wd 1e-4", "--batch-size 128", "--precision auto",
                  "--channels-last", "--num-threads 1", "--out runs/cifar10/r20-dense"):
         assert flag in dense
     trpnu = cmds["r20-trpnu-nc"]
@@ -81,7 +81,7 @@ def test_default_schedule_tags_every_run_and_its_dependencies() -> None:
     cmds = dict(commands(rows))
     assert "--epochs 60" in cmds["r20-dense-cpu60"] and "--wd 5e-4" in cmds["r20-dense-cpu60"]
     decomp = cmds["r20-decomp-nc-ft-cpu60"]
-    assert "--checkpoint runs/cifar10/r20-dense-cpu60 " in decomp and "--precision bf16" in decomp
+    assert "--checkpoint runs/cifar10/r20-dense-cpu60 " in decomp and "--precision auto" in decomp
     assert "sweep runs/cifar10/r20-dense-cpu60 " in cmds["r20-dense-cpu60-sweep"]
     assert {schedule_of(r) for r in suite_rows(("r20",), schedule="cpu40")} == {"cpu40"}
     assert not set(r.name for r in rows) & set(r.name for r in suite_rows(("r20",), "cpu40"))
@@ -305,7 +305,7 @@ def test_cli_lists_pending_runs_of_one_schedule_and_refuses_an_unknown_one(
     (tmp_path / "r20-dense-cpu60").mkdir()
     (tmp_path / "r20-dense-cpu60" / "checkpoint.pt").write_bytes(b"")
     assert main(["bench", "cifar10", "--action", "pending", "--models", "r20", "--schedule",
-                 "cpu60", "--out", str(tmp_path)]) == 0
+                 "cpu60", "--out", str(tmp_path), "--results", str(tmp_path / "none")]) == 0
     lines = capsys.readouterr().out.splitlines()
     dense = next(line for line in lines if "--out " + str(tmp_path / "r20-dense-cpu60") in line)
     assert dense.endswith(" --resume")  # stopped after an epoch: continues

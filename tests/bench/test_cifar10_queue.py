@@ -136,6 +136,6 @@ def test_cli_runs_the_queue_in_subprocesses_and_exits_1_when_a_step_failed(
     cli = FakeCli(tmp_path, fail=["r20-elrt-4x-cpu60"])
     monkeypatch.setattr(queue, "_subprocess", cli)
     assert main(["bench", "cifar10", "--action", "run", "--models", "r20", "--schedule", "cpu60",
-                 "--out", str(tmp_path)]) == 1
+                 "--out", str(tmp_path), "--results", str(tmp_path / "none")]) == 1
     assert "r20-elrt-4x-cpu60: failed (exit 2)" in capsys.readouterr().err
     assert (tmp_path / "r20-pipeline-cpu60" / "report.json").is_file()
