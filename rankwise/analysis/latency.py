@@ -9,7 +9,7 @@ allows. `precision="bf16"` runs the forward pass under `torch.autocast(device_ty
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from rankwise.analysis.macs import Inputs, call_model
 from rankwise.errors import ConfigError
+from rankwise.nested import map_tensors
 
 PRECISIONS = ("fp32", "bf16")
 RUNTIMES = ("torch", "onnxruntime")  # eager PyTorch, or the ONNX graph in ONNX Runtime
@@ -46,17 +47,13 @@ def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 1,
 
 def rebatch(inputs: Inputs, batch: int, device: torch.device | str | None = None) -> Inputs:
     """`inputs` with every tensor's first row repeated to `batch` rows (dim 0), on `device`."""
-    def one(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim():
-            v = v[:1].expand(batch, *v.shape[1:]).contiguous()
-            return v.to(device) if device is not None else v
-        return v
+    def one(v: torch.Tensor) -> torch.Tensor:
+        if not v.dim():
+            return v
+        v = v[:1].expand(batch, *v.shape[1:]).contiguous()
+        return v.to(device) if device is not None else v
 
-    if isinstance(inputs, torch.Tensor):
-        return one(inputs)
-    if isinstance(inputs, Mapping):
-        return {k: one(v) for k, v in inputs.items()}
-    return tuple(one(v) for v in inputs)
+    return map_tensors(one, inputs)
 
 
 def autocast_for(precision: str, device: torch.device | str) -> Any:

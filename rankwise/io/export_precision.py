@@ -23,7 +23,7 @@ import contextlib
 import copy
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from torch import fx, nn
 
 from rankwise.errors import CheckpointError, ConfigError
+from rankwise.nested import map_tensors
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -68,13 +69,7 @@ def prepare_input(x: torch.Tensor, precision: str, channels_last: bool = True) -
 def prepare_inputs(inputs: Any, precision: str, channels_last: bool = True) -> Any:
     """`prepare_input` on every tensor of `inputs` (a tensor, a tuple of positional inputs or
     keyword inputs); token ids and other integer tensors keep their dtype."""
-    if isinstance(inputs, torch.Tensor):
-        return prepare_input(inputs, precision, channels_last)
-    if isinstance(inputs, Mapping):
-        return {k: prepare_inputs(v, precision, channels_last) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(prepare_inputs(v, precision, channels_last) for v in inputs)
-    return inputs
+    return map_tensors(lambda t: prepare_input(t, precision, channels_last), inputs)
 
 
 def prepare_module(module: nn.Module, precision: str, channels_last: bool = True) -> nn.Module:

@@ -20,7 +20,6 @@ imported only for their prefix; a missing one raises `ConfigError` with the pip 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 
 from rankwise.errors import ConfigError
 from rankwise.models.registry import ARCH_ATTR, record_arch
+from rankwise.nested import map_tensors
 
 PREFIXES = ("tv", "timm", "hf")
 HF_TASKS = {
@@ -244,13 +244,9 @@ def random_inputs(inputs: Any, model: nn.Module, seed: int) -> Any:
     gen = torch.Generator().manual_seed(seed)
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2))
 
-    def one(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
+    def one(t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point():
             return torch.randn(t.shape, generator=gen, dtype=t.dtype)
         return torch.randint(0, vocab, t.shape, generator=gen, dtype=t.dtype)
 
-    if isinstance(inputs, Mapping):
-        return {k: one(v) for k, v in inputs.items()}
-    return one(inputs) if isinstance(inputs, torch.Tensor) else tuple(one(v) for v in inputs)
+    return map_tensors(one, inputs)

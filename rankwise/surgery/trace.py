@@ -22,6 +22,7 @@ from rankwise.analysis.profile import (
 )
 from rankwise.errors import ConfigError
 from rankwise.layers.base import FactorizedLayer
+from rankwise.nested import map_tensors
 
 Example = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -53,11 +54,7 @@ def as_example(example_inputs: Any, input_shape: Sequence[int] | None,
 
 def example_on(example: Example, device: torch.device | str) -> Example:
     """`example` with every tensor moved to `device` (the meta device for a model built there)."""
-    def move(v: Any) -> Any:
-        return v.to(device) if isinstance(v, torch.Tensor) else v
-
-    args, kwargs = example
-    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+    return map_tensors(lambda t: t.to(device), example)
 
 
 def trace(model: nn.Module, example: Example,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankwise.analysis.accuracy import autocast, evaluate
+from rankwise.nested import map_tensors
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -26,13 +27,7 @@ def is_image_dataset(data: object) -> bool:
 def to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor (in tuples, lists, and mappings such as a Hugging Face
     `BatchEncoding`, returned as a dict) moved to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
+    return map_tensors(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def batch_size_of(batch: Any) -> int:
