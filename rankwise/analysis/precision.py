@@ -52,16 +52,20 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def emulated_bf16(precision: str, device: torch.device | str) -> str | None:
-    """A one-line warning when `precision` is bf16 on a CPU that only emulates it, else None."""
+TRAIN_FIX = "use --precision auto or fp32"
+
+
+def emulated_bf16(precision: str, device: torch.device | str, fix: str = TRAIN_FIX
+                  ) -> str | None:
+    """A one-line warning ending in `fix` when `precision` is bf16 on a CPU that only emulates
+    it, else None."""
     device = torch.device(device)
     if precision != "bf16" or device.type != "cpu" or native_bf16(device):
         return None
     return ("precision bf16: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16 or "
-            "Arm bf16), so bf16 autocast is emulated and runs several times slower than fp32 "
-            "(a ResNet-20 training step: 8.0 s against 0.6 s on an AVX2 CPU); use --precision "
-            "auto or fp32")
+            "Arm bf16), so bf16 is emulated and runs several times slower than fp32 (a "
+            f"ResNet-20 training step: 8.0 s against 0.6 s on an AVX2 CPU); {fix}")
 
 
-__all__ = ["BF16_CPU_FLAGS", "TRAIN_PRECISIONS", "emulated_bf16", "native_bf16",
+__all__ = ["BF16_CPU_FLAGS", "TRAIN_FIX", "TRAIN_PRECISIONS", "emulated_bf16", "native_bf16",
            "resolve_precision"]

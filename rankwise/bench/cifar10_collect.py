@@ -137,13 +137,17 @@ def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[i
     in fp32 and then in bf16), each pair timed in alternating ABBA blocks
     (`speed_timing.interleaved_latency`) so that load from other processes hits both alike:
     `dense_latency_ms / latency_ms` is the speedup the table shows. Then the same pair as
-    float32 ONNX graphs in ONNX Runtime (`analysis.latency.onnx_runner`), `*_ort_ms`."""
+    float32 ONNX graphs in ONNX Runtime (`analysis.latency.onnx_runner`), `*_ort_ms`.
+    `bf16_native`: whether this CPU has bf16 instructions (else its bf16 times are emulated)."""
     from rankwise.analysis.latency import onnx_runner
     from rankwise.bench.speed_timing import interleaved_latency
     from rankwise.io.export_precision import to_deploy
 
     x = torch.zeros(1, *[int(v) for v in input_shape])
-    out: dict[str, Any] = {"latency_threads": torch.get_num_threads()}
+    from rankwise.analysis.precision import native_bf16
+
+    out: dict[str, Any] = {"latency_threads": torch.get_num_threads(),
+                           "bf16_native": native_bf16("cpu")}
     pairs: list[tuple[str, Any]] = [
         (suffix, lambda p=precision: [to_deploy(dense, p), to_deploy(model, p)])
         for suffix, precision in (("", "fp32"), ("_bf16", "bf16"))]

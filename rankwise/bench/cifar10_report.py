@@ -39,9 +39,10 @@ only, FC excluded). Latency ×: dense time ÷ this row's time at batch 1, both d
 way, the two models timed in alternating blocks in one process (threads: the result file's
 `latency_threads`; > 1× = faster than our dense model deployed the same way): eager PyTorch
 (`to_deploy`: BN folded, channels-last) with fp32 / bf16 weights, and ONNX Runtime on the fp32
-graph (`rankwise export --format onnx`). Below each table: the dense model's own times, which
-differ between the three far more than most rows differ from dense. Size: stored bytes (fp32
-weights, or the pipeline's entropy-coded file).
+graph (`rankwise export --format onnx`); "(emulated)": the collecting CPU had no bf16
+instructions, so its bf16 times are of emulated kernels. Below each table: the dense model's
+own times, which differ between the three far more than most rows differ from dense. Size:
+stored bytes (fp32 weights, or the pipeline's entropy-coded file).
 """
 
 
@@ -61,6 +62,8 @@ def _latency(m: dict[str, Any]) -> str:
     """Speedup over the dense model timed in the same interleaved blocks: eager fp32 / eager
     bf16 / ONNX Runtime fp32."""
     cells = [_ratio(m.get(f"dense_latency{p}_ms"), m.get(f"latency{p}_ms")) for p in LATENCIES]
+    if m.get("bf16_native") is False and cells[1] != "–":
+        cells[1] += " (emulated)"
     return "–" if set(cells) == {"–"} else " / ".join(cells)
 
 

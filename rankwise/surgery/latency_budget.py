@@ -30,7 +30,8 @@ from torch import nn
 
 from rankwise.analysis.latency import RUNTIMES
 from rankwise.analysis.macs import Inputs
-from rankwise.errors import ConfigError, LatencyTargetWarning
+from rankwise.analysis.precision import emulated_bf16
+from rankwise.errors import ConfigError, EmulatedPrecisionWarning, LatencyTargetWarning
 from rankwise.io.export_precision import check_precision
 from rankwise.layers import FORMATS
 from rankwise.layers.base import dense_spec_of
@@ -131,6 +132,8 @@ class LatencyBudget:
                 + tail)
 
 
+PLAN_FIX = ("the plan fits this CPU's emulated kernels: plan on a CPU like the one you deploy "
+            "bf16 to, or plan in fp32")
 _LAT = re.compile(r"budget:latency(_ms)?=([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)((?:,[a-z_]+=[^,]+)*)")
 
 
@@ -193,6 +196,8 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
     input it sees there (a linear at its rows per sample), at `policy.batch`. Measures missing
     table entries when `policy.measure`.
     """
+    if policy.measure and (slow := emulated_bf16(policy.precision, "cpu", PLAN_FIX)):
+        warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
     pairs = candidate_layers(model, candidates)
     mods = {n: m for n, m in pairs if isinstance(m, (nn.Conv2d, nn.Linear))}
     shape, example, seen = layer_inputs(model, example_inputs, mods)

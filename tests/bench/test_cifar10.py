@@ -274,8 +274,8 @@ def test_latency_is_timed_against_the_dense_model_and_shown_as_a_ratio() -> None
     lat = latency_vs_dense(nn.Sequential(small, *dense[1:]), dense, (3, 8, 8), 0.005, 1)
     assert set(lat) == {"latency_ms", "dense_latency_ms", "latency_bf16_ms",
                         "dense_latency_bf16_ms", "latency_ort_ms", "dense_latency_ort_ms",
-                        "latency_threads"}
-    assert all(v > 0 for v in lat.values())
+                        "latency_threads", "bf16_native"}
+    assert all(v > 0 for k, v in lat.items() if k != "bf16_native")
     rows = suite_rows(("r20",), schedule="cpu40")
     metrics = {"acc": 90.0, "params": 10, "macs": 5, "flops_reference": 5, "latency_ms": 1.0,
                "dense_latency_ms": 2.0, "latency_bf16_ms": 4.0, "dense_latency_bf16_ms": 3.0,
@@ -284,6 +284,10 @@ def test_latency_is_timed_against_the_dense_model_and_shown_as_a_ratio() -> None
     assert "| 2.00 / 0.75 / 1.50 |" in next(line for line in lines if line.startswith("| dense"))
     assert ("Dense model at batch 1 (1 thread): 2.000 ms eager fp32, 3.000 ms eager bf16, "
             "0.300 ms ONNX Runtime fp32.") in lines
+    emulated = model_table("resnet20", rows, {"r20-dense": {"metrics": {**metrics,
+                                                                         "bf16_native": False}}})
+    assert "| 2.00 / 0.75 (emulated) / 1.50 |" in next(
+        line for line in emulated if line.startswith("| dense"))
 
 
 def test_latency_without_onnx_runtime_records_why_and_keeps_the_eager_pairs(monkeypatch) -> None:

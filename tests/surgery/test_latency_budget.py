@@ -171,3 +171,22 @@ def test_decompose_with_a_latency_budget_applies_the_plan_per_layer_format():
         n for n, c in plan.choices.items() if c is not None}
     with pytest.raises(ConfigError, match="example_inputs"):
         rankwise.decompose(model, rank=policy)
+
+
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_bf16"}])
+def test_planning_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch, flags):
+    import warnings
+
+    import rankwise.analysis.precision as precision
+    from rankwise.errors import EmulatedPrecisionWarning
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(flags))
+    model = tiny()
+    table, _ = fake_table(model, macs_ms)
+    policy = LatencyBudget(ratio=0.5, precision="bf16", batch=2, table=table, fixed_ms=0.0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        latency_plan(model, ["0", "2", "4", "6"], policy, SHAPE)
+    emulated = [w for w in seen if w.category is EmulatedPrecisionWarning]
+    assert len(emulated) == (0 if "avx512_bf16" in flags else 1)
+    assert all("plan in fp32" in str(w.message) for w in emulated)
