@@ -65,7 +65,8 @@ class TrainConfig:
     check_finite_every: int = option(1, help="steps between NaN/Inf loss checks", low=1)
     deterministic: bool | None = option(None, help="deterministic kernels (none: on for CPU, "
                                                    "off for CUDA)")
-    num_threads: int | None = option(None, help="torch CPU threads", low=1)
+    num_threads: int | None = option(None, help="torch CPU threads (default: the cores of this "
+                                                "process's affinity that are idle)", low=1)
     quiet: bool = option(False, help="no progress bar; one-line summary")
     tensorboard: bool = option(False, help="also log to OUT/tb")
 

@@ -190,6 +190,7 @@ def _train(create_model, trainer_cls, method, mcfg, model_cfg: ModelConfig,
     summary = {"out": str(out), "model": model_cfg.name, "dataset": meta["dataset"]["name"],
                "method": method.name,
                "params": sum(p.numel() for p in trainer.model.parameters()),
+               "threads": trainer.threads,
                **metrics, "method_report": report}
     summary = json.loads(dumps(summary))
     if trainer.is_main:

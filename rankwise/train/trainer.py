@@ -45,6 +45,7 @@ from rankwise.train.logger import RunLogger, dumps, epoch_line, make_progress, r
 from rankwise.train.optim import make_sgd
 from rankwise.train.rundir import RunLock, clean_stale_temporaries
 from rankwise.train.schedule import make_scheduler
+from rankwise.train.threads import set_threads
 
 CONFIG = "config.json"
 
@@ -85,8 +86,7 @@ class Trainer:
         self.global_step = 0
         self.epoch_rows: list[dict[str, Any]] = []  # logged epoch metrics, kept in checkpoints
         self.should_stop = False
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
+        self.threads = set_threads(cfg.num_threads)  # None: the free cores (train/threads.py)
         if (slow := emulated_bf16(cfg.precision, self.device)) and self.is_main:
             warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
         self.model = model.to(self.device)

@@ -47,6 +47,8 @@ def test_train_writes_run_and_eval_reproduces_it(tmp_path, capsys):
     assert config["dataset"]["name"] == "synthetic" and config["method"] == "dense"
     assert config["train"]["epochs"] == 3 and config["train"]["schedule"] == "cosine"
     assert len([r for r in read_metrics(out) if r["event"] == "epoch"]) == 3
+    threads = json.loads((out / "summary.json").read_text())["threads"]
+    assert 1 <= threads <= len(os.sched_getaffinity(0))  # chosen from the free cores
 
     result = eval_json(out, capsys, "--limit", "96")
     assert result["samples"] == 96
