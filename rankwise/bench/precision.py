@@ -2,7 +2,8 @@
 
 Each run folder holds the `config.json`, `metrics.jsonl` and `summary.json` that `rankwise train`
 wrote; the section compares runs that differ only in `train.precision`: final test accuracy and
-the median epoch wall time (train + eval), with the ratio against the fp32 run.
+the median epoch wall time (train + eval), with the ratio against the fp32 run of the same CPU
+(`summary.json`'s `machine`; runs from before it was recorded form one group).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ def read_run(folder: Path) -> dict[str, Any]:
     epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
               if '"event": "epoch"' in line]
     train = config.get("train", {})
-    return {"name": folder.name, "precision": train.get("precision", "fp32"),
+    summary = folder / "summary.json"
+    machine = (json.loads(summary.read_text()) if summary.is_file() else {}).get("machine")
+    return {"name": folder.name, "cpu": cpu_label(machine),
+            "precision": train.get("precision", "fp32"),
             "epochs": len(epochs), "acc": 100 * float(epochs[-1]["test_acc"]),
             "epoch_s": statistics.median(float(e["time_s"]) for e in epochs),
             "threads": train.get("num_threads"), "channels_last": train.get("channels_last"),
@@ -29,7 +33,18 @@ def read_run(folder: Path) -> dict[str, Any]:
             "dataset": config.get("dataset", {}).get("name"),
             "settings": (f"{train.get('epochs')} epochs {train.get('schedule')}, lr "
                          f"{train.get('lr')}, wd {train.get('weight_decay')}, batch "
-                         f"{train.get('batch_size')}, seed {train.get('seed')}")}
+                         f"{train.get('batch_size')}, seed {train.get('seed')}"
+                         + (f", first {limit} training images" if (limit := config.get(
+                             "dataset", {}).get("limit_train")) else ""))}
+
+
+def cpu_label(machine: dict[str, Any] | None) -> str:
+    """`"AMD EPYC, AVX2"`, `"…, AVX512 + avx512_bf16"`: the CPU and its bf16 instructions."""
+    if not machine:
+        return "not recorded"
+    bf16 = [f for f in machine.get("flags", []) if f in ("avx512_bf16", "amx_bf16")]
+    return ", ".join([str(machine.get("cpu")), " + ".join(
+        [str(machine.get("torch_cpu_capability")), *bf16])])
 
 
 @register_section("precision", order=15)
@@ -39,17 +54,19 @@ def section(results_root: Path) -> str:
     runs = [read_run(p) for p in folders]
     if not runs:
         return ""
-    fp32 = next((r for r in runs if r["precision"] == "fp32"), None)
-    lines = ["## Training precision on this CPU: fp32 vs bf16 autocast", "",
+    fp32 = {r["cpu"]: r for r in runs if r["precision"] == "fp32"}
+    lines = ["## Training precision by CPU: fp32 vs bf16 autocast", "",
              "Same model, data, seed and schedule; bf16 = `--precision bf16` (autocast, fp32 "
-             "master weights). Epoch time = median wall seconds of train + test evaluation.", "",
-             "| run | model | precision | threads | epochs | test acc % | epoch s | speed × fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "master weights). Epoch time = median wall seconds of train + test evaluation; "
+             "speed against the fp32 run on the same CPU.", "",
+             "| run | CPU | model | precision | threads | epochs | test acc % | epoch s | "
+             "speed × fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        speed = f"{fp32['epoch_s'] / r['epoch_s']:.2f}" if fp32 else "–"
-        lines.append(f"| {r['name']} | {r['model']} ({r['dataset']}) | {r['precision']} | "
-                     f"{r['threads']} | {r['epochs']} | {r['acc']:.2f} | {r['epoch_s']:.1f} | "
-                     f"{speed} |")
+        base = fp32.get(r["cpu"])
+        speed = f"{base['epoch_s'] / r['epoch_s']:.2f}" if base else "–"
+        lines.append(f"| {r['name']} | {r['cpu']} | {r['model']} ({r['dataset']}) | "
+                     f"{r['precision']} | {r['threads']} | {r['epochs']} | {r['acc']:.2f} | "
+                     f"{r['epoch_s']:.1f} | {speed} |")
     lines += ["", "Settings: " + "; ".join(sorted({r["settings"] for r in runs})) + ". Runs: "
               "`rankwise train --model MODEL --dataset DATASET` with those flags and "
               "`--precision fp32|bf16 --channels-last --num-threads 1`, on one core while the "

@@ -27,6 +27,7 @@ import torch
 
 from rankwise import options
 from rankwise.errors import ConfigError
+from rankwise.io.export_precision import cpu_features
 from rankwise.train.config import DataConfig, ModelConfig, TrainConfig, check_device
 from rankwise.train.init_weights import init_source, load_init_weights
 from rankwise.train.logger import dumps
@@ -190,7 +191,7 @@ def _train(create_model, trainer_cls, method, mcfg, model_cfg: ModelConfig,
     summary = {"out": str(out), "model": model_cfg.name, "dataset": meta["dataset"]["name"],
                "method": method.name,
                "params": sum(p.numel() for p in trainer.model.parameters()),
-               "threads": trainer.threads,
+               "threads": trainer.threads, "machine": cpu_features(),
                **metrics, "method_report": report}
     summary = json.loads(dumps(summary))
     if trainer.is_main:

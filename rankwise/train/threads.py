@@ -2,10 +2,11 @@
 
 More torch threads than free cores is the costly mistake on a shared CPU: with another process
 busy on one of two cores, a CIFAR ResNet-20 fp32 training step (batch 128) took 0.72-0.82 s at
-two threads against 0.52-0.53 s at one (2-core AVX2 EPYC, two runs each, interleaved). With `num_threads=None` the trainer therefore counts the cores this process
-may run on (its affinity mask) that were idle over a short sample of /proc/stat, and runs that
-many threads (at least 1, at most torch's default). `OMP_NUM_THREADS` set in the environment
-is the user's choice and is left alone, as is everything where /proc/stat cannot be read.
+two threads against 0.52-0.53 s at one (2-core AVX2 EPYC, two runs each, interleaved). With
+`num_threads=None` the trainer therefore counts the cores this process may run on (its affinity
+mask) that were idle over a short sample of /proc/stat, and runs that many threads (at least 1,
+at most torch's default). `OMP_NUM_THREADS` set in the environment is the user's choice and is
+left alone, as is everything where /proc/stat cannot be read.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ import json
 from rankwise.bench.precision import section
 
 
-def _run(root, name, precision, times, acc):
+def _run(root, name, precision, times, acc, machine=None):
     d = root / "precision" / name
     d.mkdir(parents=True)
+    if machine is not None:
+        (d / "summary.json").write_text(json.dumps({"machine": machine}))
     (d / "config.json").write_text(json.dumps({
         "model": {"name": "resnet20"}, "dataset": {"name": "cifar10"},
         "train": {"precision": precision, "epochs": len(times), "schedule": "cosine", "lr": 0.1,
@@ -24,6 +26,21 @@ def test_section_compares_against_the_fp32_run(tmp_path):
     _run(tmp_path, "a-bf16", "bf16", [50.0, 40.0, 60.0], 0.8)
     _run(tmp_path, "b-fp32", "fp32", [80.0, 100.0, 90.0], 0.79)
     text = section(tmp_path)
-    assert "| a-bf16 | resnet20 (cifar10) | bf16 | 1 | 3 | 80.00 | 50.0 | 1.80 |" in text
-    assert "| b-fp32 | resnet20 (cifar10) | fp32 | 1 | 3 | 79.00 | 90.0 | 1.00 |" in text
+    old = "not recorded | resnet20 (cifar10)"
+    assert f"| a-bf16 | {old} | bf16 | 1 | 3 | 80.00 | 50.0 | 1.80 |" in text
+    assert f"| b-fp32 | {old} | fp32 | 1 | 3 | 79.00 | 90.0 | 1.00 |" in text
     assert section(tmp_path / "none") == ""
+
+
+def test_each_cpu_is_compared_with_its_own_fp32_run(tmp_path):
+    avx2 = {"cpu": "AMD EPYC", "flags": ["avx2", "fma"], "torch_cpu_capability": "AVX2"}
+    amx = {"cpu": "Xeon", "flags": ["amx_bf16", "avx512_bf16"], "torch_cpu_capability": "AVX512"}
+    _run(tmp_path, "a-bf16", "bf16", [80.0], 0.8, avx2)
+    _run(tmp_path, "a-fp32", "fp32", [10.0], 0.8, avx2)
+    _run(tmp_path, "b-bf16", "bf16", [5.0], 0.8, amx)
+    _run(tmp_path, "b-fp32", "fp32", [10.0], 0.8, amx)
+    text = section(tmp_path)
+    assert "| a-bf16 | AMD EPYC, AVX2 | resnet20 (cifar10) | bf16 | 1 | 1 | 80.00 | 80.0 | " \
+        "0.12 |" in text
+    assert "| b-bf16 | Xeon, AVX512 + amx_bf16 + avx512_bf16 | resnet20 (cifar10) | bf16 | 1 | " \
+        "1 | 80.00 | 5.0 | 2.00 |" in text
