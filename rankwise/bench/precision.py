@@ -21,7 +21,7 @@ def read_run(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text())
     epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
               if '"event": "epoch"' in line]
-    train = config.get("train", {})
+    train, data = config.get("train", {}), config.get("dataset", {})
     summary = folder / "summary.json"
     machine = (json.loads(summary.read_text()) if summary.is_file() else {}).get("machine")
     return {"name": folder.name, "cpu": cpu_label(machine),
@@ -34,8 +34,9 @@ def read_run(folder: Path) -> dict[str, Any]:
             "settings": (f"{train.get('epochs')} epochs {train.get('schedule')}, lr "
                          f"{train.get('lr')}, wd {train.get('weight_decay')}, batch "
                          f"{train.get('batch_size')}, seed {train.get('seed')}"
-                         + (f", first {limit} training images" if (limit := config.get(
-                             "dataset", {}).get("limit_train")) else ""))}
+                         + "".join(f", first {n} {split} images" for split, n in (
+                             ("training", data.get("limit_train")),
+                             ("test", data.get("limit_test"))) if n))}
 
 
 def cpu_label(machine: dict[str, Any] | None) -> str:

@@ -44,3 +44,12 @@ def test_each_cpu_is_compared_with_its_own_fp32_run(tmp_path):
         "0.12 |" in text
     assert "| b-bf16 | Xeon, AVX512 + amx_bf16 + avx512_bf16 | resnet20 (cifar10) | bf16 | 1 | " \
         "1 | 80.00 | 5.0 | 2.00 |" in text
+
+
+def test_settings_state_the_data_limits(tmp_path):
+    _run(tmp_path, "a-fp32", "fp32", [10.0], 0.5)
+    config = tmp_path / "precision" / "a-fp32" / "config.json"
+    doc = json.loads(config.read_text())
+    doc["dataset"].update(limit_train=2560, limit_test=1000)
+    config.write_text(json.dumps(doc))
+    assert "seed 0, first 2560 training images, first 1000 test images." in section(tmp_path)
