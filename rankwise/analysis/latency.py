@@ -9,6 +9,7 @@ allows. `precision="bf16"` runs the forward pass under `torch.autocast(device_ty
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -17,10 +18,12 @@ import torch
 from torch import nn
 
 from rankwise.analysis.macs import Inputs, call_model
-from rankwise.errors import ConfigError
+from rankwise.analysis.precision import emulated_bf16
+from rankwise.errors import ConfigError, EmulatedPrecisionWarning
 from rankwise.nested import map_tensors
 
 PRECISIONS = ("fp32", "bf16")
+TIMING_FIX = "these are emulated kernels' times: time bf16 on a CPU like the one you deploy to"
 RUNTIMES = ("torch", "onnxruntime")  # eager PyTorch, or the ONNX graph in ONNX Runtime
 
 
@@ -83,6 +86,8 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int] | None, batch_s
     else:
         raise ConfigError("measure_latency needs input_shape or example_inputs")
     amp = autocast_for(precision, device)
+    if slow := emulated_bf16(precision, device, TIMING_FIX):
+        warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
 
     def run() -> None:
         with torch.no_grad(), amp:

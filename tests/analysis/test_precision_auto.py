@@ -65,3 +65,19 @@ def test_suites_ask_for_auto_and_the_quick_report_says_what_it_became() -> None:
     header = suite_header("quick", [{"params": {"settings": settings},
                                      "env": {"precision_auto": "fp32"}}])
     assert "training in auto: fp32;" in header
+
+
+@pytest.mark.parametrize(("flags", "warns"), [(AVX2, True), (AVX2 | {"amx_bf16"}, False)])
+def test_timing_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch, flags, warns) -> None:
+    from torch import nn
+
+    from rankwise.analysis.latency import measure_latency
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(flags))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        measure_latency(nn.Linear(4, 4), (4,), 1, min_run_time=0.001, precision="bf16")
+        measure_latency(nn.Linear(4, 4), (4,), 1, min_run_time=0.001, precision="fp32")
+    emulated = [str(w.message) for w in seen if w.category is EmulatedPrecisionWarning]
+    assert len(emulated) == int(warns)
+    assert all("emulated kernels' times" in m for m in emulated)
