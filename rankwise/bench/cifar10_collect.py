@@ -140,12 +140,11 @@ def latency_vs_dense(model: nn.Module, dense: nn.Module, input_shape: Sequence[i
     float32 ONNX graphs in ONNX Runtime (`analysis.latency.onnx_runner`), `*_ort_ms`.
     `bf16_native`: whether this CPU has bf16 instructions (else its bf16 times are emulated)."""
     from rankwise.analysis.latency import onnx_runner
+    from rankwise.analysis.precision import native_bf16
     from rankwise.bench.speed_timing import interleaved_latency
     from rankwise.io.export_precision import to_deploy
 
     x = torch.zeros(1, *[int(v) for v in input_shape])
-    from rankwise.analysis.precision import native_bf16
-
     out: dict[str, Any] = {"latency_threads": torch.get_num_threads(),
                            "bf16_native": native_bf16("cpu")}
     pairs: list[tuple[str, Any]] = [
