@@ -97,13 +97,15 @@ def filter_prune(
     types: tuple[type[nn.Module], ...] = (nn.Conv2d,),
     zero_bias: bool = True,
     inplace: bool = False,
+    example_inputs: Any = None,
 ) -> tuple[nn.Module, FilterPruneReport]:
     """Zero the fraction `amount` of output filters with the smallest Ln norm in each layer.
 
     Args:
         amount: fraction in [0, 1] of each layer's filters to zero.
         norm: 1 (L1) or 2 (L2) filter norm.
-        input_shape: one sample's shape, e.g. (3, 32, 32), to fill in MACs (optional).
+        input_shape: one sample's shape, e.g. (3, 32, 32), to fill in MACs (optional);
+            `example_inputs` (inputs as the model takes them) does the same for other inputs.
         types: layer types to prune; convs only by default (pruning the classifier's output rows
             would delete classes). Factorized layers' sub-convs are plain `nn.Conv2d` and are
             pruned too, which lowers their rank channels.
@@ -121,7 +123,8 @@ def filter_prune(
             f"no layer of type {[t.__name__ for t in types]} matched include/exclude; "
             "nothing to prune — check the patterns against model.named_modules()"
         )
-    sizes = layer_input_sizes(model, input_shape) if input_shape is not None else {}
+    sizes = layer_input_sizes(model, input_shape, example_inputs) \
+        if input_shape is not None or example_inputs is not None else {}
     rows = []
     for name, mod in layers:
         prune.ln_structured(mod, "weight", amount=float(amount), n=norm, dim=0)

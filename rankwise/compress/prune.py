@@ -174,13 +174,15 @@ def magnitude_prune(
 
 
 def layer_input_sizes(
-    model: nn.Module, input_shape: tuple[int, ...]
+    model: nn.Module, input_shape: tuple[int, ...] | None, example_inputs: Any = None
 ) -> dict[str, tuple[int, ...]]:
-    """Input size seen by each conv/linear/factorized layer for one sample of `input_shape`.
+    """Input size seen by each conv/linear/factorized layer for one sample of `input_shape`, or
+    of `example_inputs` (inputs as the model takes them: token ids, keyword tensors, ...).
 
-    Runs one forward pass (batch 1, zeros, `eval()` mode, no grad) and restores the training
-    flags. Values: `(H, W)` for convs and factorized layers fed 4-D input, `(tokens,)` for linears
-    (`tokens = input numel / in_features`). Layers not reached by the forward pass are absent.
+    Runs one forward pass (batch 1 of zeros, or the example; `eval()` mode, no grad) and
+    restores the training flags. Values: `(H, W)` for convs and factorized layers fed 4-D input,
+    `(tokens,)` for linears (`tokens = input numel / batch / in_features`). Layers not reached
+    by the forward pass are absent.
     """
     sizes: dict[str, tuple[int, ...]] = {}
     handles = []
@@ -207,7 +209,13 @@ def layer_input_sizes(
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+            if example_inputs is not None:
+                from rankwise.surgery.trace import as_example, example_on
+
+                args, kwargs = example_on(as_example(example_inputs, None, model), device)
+                model(*args, **kwargs)
+            else:
+                model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()

@@ -191,12 +191,15 @@ def _row(ratio: float, base: Mapping[str, float], result: Mapping[str, float], p
 
 
 def _baseline(model: nn.Module, dataset: Any, input_shape: Sequence[int] | None,
-              batch_size: int, device: str | torch.device, evaluate_fn: EvaluateFn | None):
-    """What every sweep starts from: input shape, evaluator, per-layer input sizes, the dense
-    (params, MACs), the unmodified model's metrics and its squared weight norm."""
-    shape = tuple(input_shape) if input_shape is not None else tuple(dataset.shape)
+              batch_size: int, device: str | torch.device, evaluate_fn: EvaluateFn | None,
+              example_inputs: Any = None):
+    """What every sweep starts from: input shape (None with `example_inputs`), evaluator,
+    per-layer input sizes, the dense (params, MACs), the unmodified model's metrics and its
+    squared weight norm."""
+    shape = tuple(input_shape) if input_shape is not None else \
+        None if example_inputs is not None else tuple(dataset.shape)
     evaluate = evaluate_fn or _default_evaluate(dataset, batch_size, device)
-    sizes = layer_input_sizes(model, shape)
+    sizes = layer_input_sizes(model, shape, example_inputs)
     return shape, evaluate, sizes, _model_cost(model, sizes), evaluate(model), _sq_norm(model)
 
 
@@ -204,19 +207,21 @@ def lowrank_sweep(
     model: nn.Module, dataset: Any, ratios: Sequence[float] = DEFAULT_RATIOS,
     scheme: str = "channel", input_shape: Sequence[int] | None = None, batch_size: int = 512,
     device: str | torch.device = "cpu", include_linear: bool = False,
-    evaluate_fn: EvaluateFn | None = None,
+    evaluate_fn: EvaluateFn | None = None, example_inputs: Any = None,
 ) -> list[Row]:
     """SVD-truncate every conv (and linear) at each ratio, evaluate without retraining.
 
-    `dataset`: an `ImageDataset` (its `shape` is the default `input_shape` (C, H, W)); `model`
-    is not modified and should be on `device`. Returns one row per ratio, in the given order:
+    `dataset`: an `ImageDataset` (its `shape` is the default `input_shape` (C, H, W)); a model
+    that takes other inputs (token ids, keyword tensors) gives `example_inputs` (one batch as
+    it takes it, for the MACs) and `evaluate_fn(model) -> {"acc", ...}`. `model` is not
+    modified and should be on `device`. Returns one row per ratio, in the given order:
     `ratio, acc, loss, acc_dense, stability, relative_norm_drop, weight_error, params, macs,
     params_dense, macs_dense, compression, speedup, factorized_layers, layers` (per layer:
     `name, format, max_rank, rank, factorized, dense_params, params, dense_macs, macs`).
     """
     ratios = _check_ratios(ratios, upper_open=True)
     _, evaluate, sizes, dense, base, base_sq = _baseline(
-        model, dataset, input_shape, batch_size, device, evaluate_fn)
+        model, dataset, input_shape, batch_size, device, evaluate_fn, example_inputs)
     rows = []
     for s in ratios:
         cut, layers = truncate_model(model, s, scheme, include_linear, sizes)
@@ -236,6 +241,7 @@ def filter_sweep(
     model: nn.Module, dataset: Any, ratios: Sequence[float] = DEFAULT_RATIOS,
     input_shape: Sequence[int] | None = None, batch_size: int = 512,
     device: str | torch.device = "cpu", norm: int = 1, evaluate_fn: EvaluateFn | None = None,
+    example_inputs: Any = None,
 ) -> list[Row]:
     """L1-norm (or L2, `norm=2`) filter pruning of the fraction `s` of every conv's filters.
 
@@ -245,10 +251,11 @@ def filter_sweep(
     """
     ratios = _check_ratios(ratios, upper_open=False)
     shape, evaluate, sizes, dense, base, base_sq = _baseline(
-        model, dataset, input_shape, batch_size, device, evaluate_fn)
+        model, dataset, input_shape, batch_size, device, evaluate_fn, example_inputs)
     rows = []
     for s in ratios:
-        pruned, rep = filter_prune(model, s, norm=norm, input_shape=shape)
+        pruned, rep = filter_prune(model, s, norm=norm, input_shape=shape,
+                                   example_inputs=example_inputs)
         names = {r.name for r in rep.rows}
         err_sq = ref_sq = 0.0
         mods = dict(pruned.named_modules())

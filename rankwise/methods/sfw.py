@@ -147,17 +147,31 @@ def rank_summary(model: nn.Module, scheme: str = "channel") -> dict[str, float]:
 
 
 def sfw_sweep(model: nn.Module, test_data: Any, opts: SweepOptions,
-              kinds: tuple[str, ...] | None = None, *, input_shape: tuple[int, ...],
-              batch_size: int = 512, device: Any = "cpu") -> dict[str, list[dict[str, Any]]]:
+              kinds: tuple[str, ...] | None = None, *, input_shape: tuple[int, ...] | None = None,
+              example_inputs: Any = None, evaluate_fn: Any = None, batch_size: int = 512,
+              device: Any = "cpu") -> dict[str, list[dict[str, Any]]]:
     """The compression sweeps `kinds` (default `opts.sweep_kinds()`) of `model` on `test_data`,
-    no retraining: `{kind: rows}` (`rankwise.compress.sweep` rows: ratio, acc, ...)."""
+    no retraining: `{kind: rows}` (`rankwise.compress.sweep` rows: ratio, acc, ...).
+
+    Image models give `input_shape` (C, H, W); others `example_inputs` (one batch as the model
+    takes it, e.g. a tokenizer's output) and `evaluate_fn(model) -> {"acc", ...}` in place of
+    `test_data`. With `opts.include_linear` the low-rank sweep truncates linears too."""
+    if input_shape is None and example_inputs is None:
+        raise ConfigError("sfw_sweep: pass input_shape=(C, H, W), or example_inputs= (one "
+                          "batch as the model takes it) for a model without image inputs")
+    if test_data is None and evaluate_fn is None:
+        raise ConfigError("sfw_sweep: pass test_data (an image dataset) or evaluate_fn=")
     kinds = opts.sweep_kinds() if kinds is None else kinds
-    common = dict(input_shape=tuple(input_shape), batch_size=batch_size, device=device)
+    common = dict(input_shape=None if input_shape is None else tuple(input_shape),
+                  example_inputs=example_inputs, evaluate_fn=evaluate_fn,
+                  batch_size=batch_size, device=device)
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in kinds:
         if kind == "lowrank":
             out[kind] = lowrank_sweep(model, test_data, opts.sweep_ratios,
-                                      scheme=opts.sweep_scheme, **common)
+                                      scheme=opts.sweep_scheme,
+                                      include_linear=getattr(opts, "include_linear", False),
+                                      **common)
         else:
             out[kind] = filter_sweep(model, test_data, opts.sweep_ratios, **common)
     return out
@@ -165,17 +179,18 @@ def sfw_sweep(model: nn.Module, test_data: Any, opts: SweepOptions,
 
 def sfw_finalize(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: SFWConfig,
                  test_data: Any = None, *, input_shape: tuple[int, ...] | None = None,
-                 batch_size: int = 512, device: Any = "cpu") -> dict[str, Any]:
-    """After SFW training: feasibility, rank analysis and (with `test_data`) the sweeps.
+                 example_inputs: Any = None, evaluate_fn: Any = None, batch_size: int = 512,
+                 device: Any = "cpu") -> dict[str, Any]:
+    """After SFW training: feasibility, rank analysis and (with `test_data` or `evaluate_fn`)
+    the sweeps (`sfw_sweep`: `input_shape` for image models, else `example_inputs`).
 
     Returns `{"method", "config", "feasibility", "rank_analysis", "sweeps": {kind: rows}}`;
     SFW needs no conversion (compress with the sweep's ratio of choice).
     """
     sweeps: dict[str, Any] = {}
-    if test_data is not None:
-        if input_shape is None:
-            raise ConfigError("sfw_finalize: pass input_shape=(C, H, W) with test_data")
+    if test_data is not None or evaluate_fn is not None:
         sweeps = sfw_sweep(model, test_data, cfg, input_shape=input_shape,
+                           example_inputs=example_inputs, evaluate_fn=evaluate_fn,
                            batch_size=batch_size, device=device)
     return {"method": "sfw", "config": to_dict(cfg), "feasibility": feasibility(optimizer),
             "rank_analysis": rank_summary(model, cfg.sweep_scheme), "sweeps": sweeps}
