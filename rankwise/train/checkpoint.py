@@ -132,6 +132,8 @@ def restore_trainer(trainer: Any, state: dict[str, Any], path: Path) -> None:
     from rankwise.train.runspec import BOOKKEEPING, diff_settings
 
     if isinstance(state.get("config"), dict):  # old runs: same settings must still validate
+        if hasattr(trainer.cfg, "keep_run_precision"):
+            trainer.cfg.keep_run_precision(state["config"])
         bad = diff_settings("train", state["config"], trainer.cfg.to_dict(),
                     type(trainer.cfg)().to_dict(), BOOKKEEPING)
         if bad:

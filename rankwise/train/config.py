@@ -74,9 +74,18 @@ class TrainConfig:
         if isinstance(self.milestones, tuple):
             self.milestones = list(self.milestones)
         self.validate()
+        # not a field; kept through a re-validation: a resumed run may keep its own precision
+        self.asked_auto = self.precision == "auto" or getattr(self, "asked_auto", False)
         if self.precision == "auto":
             check_device(self.device)
             self.precision = resolve_precision(self.precision, self.device)
+
+    def keep_run_precision(self, stored: dict[str, Any]) -> None:
+        """Resuming a run with "auto": continue in the precision the run was started in
+        (`stored`: its train config), which "auto" may resolve otherwise on this machine."""
+        old = stored.get("precision")
+        if getattr(self, "asked_auto", False) and old in ("fp32", "bf16"):
+            self.precision = old
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and the accepted range."""

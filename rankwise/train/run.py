@@ -101,6 +101,7 @@ def _check_resume(out: Path, meta: dict[str, Any], train: TrainConfig, method: A
         stored = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); cannot check the resume") from e
+    train.keep_run_precision(stored.get("train") or {})
     new = {"train": train.to_dict(), **meta}
     defaults = method_config_dict(method, method_config(method, None))
     bad = resume_mismatches(stored, new, TrainConfig().to_dict(), defaults)

@@ -81,3 +81,22 @@ def test_timing_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch, flags, warns) 
     emulated = [str(w.message) for w in seen if w.category is EmulatedPrecisionWarning]
     assert len(emulated) == int(warns)
     assert all("emulated kernels' times" in m for m in emulated)
+
+
+def test_a_run_started_by_auto_resumes_in_its_own_precision_elsewhere(monkeypatch, tmp_path,
+                                                                      capsys) -> None:
+    from rankwise.cli import main
+
+    args = ["train", "--model", "lenet5", "--dataset", "synthetic", "--synthetic-size", "32",
+            "--batch-size", "32", "--schedule", "none", "--quiet", "--out", str(tmp_path / "r")]
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: AVX2 | {"avx512_bf16"})
+    assert main([*args, "--precision", "auto", "--epochs", "1"]) == 0  # a bf16 machine
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(AVX2))  # then an AVX2 one
+    capsys.readouterr()
+    assert main([*args, "--precision", "fp32", "--epochs", "2", "--resume"]) == 2
+    assert "precision" in capsys.readouterr().err  # an explicit other precision is refused
+    assert main([*args, "--precision", "auto", "--epochs", "2", "--resume"]) == 0
+    assert "warning: precision bf16" in capsys.readouterr().err  # continues in bf16, says so
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    assert TrainConfig(precision="auto").precision == "fp32"  # a new run here: fp32

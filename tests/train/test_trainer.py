@@ -286,3 +286,22 @@ def test_mapping_batches_that_are_not_dicts_are_sized_and_moved(test_data):
     with torch.no_grad():
         want = float(F.cross_entropy(model(x[:64]), test_data.labels[:64]))
     assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_a_checkpoint_resumed_with_auto_keeps_its_precision(tmp_path, train_data, monkeypatch):
+    import rankwise.analysis.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2"})  # auto resolves to fp32 here
+    with pytest.warns(Warning):  # bf16 is emulated on such a CPU
+        Trainer(tiny_cnn(), cfg(epochs=1, precision="bf16"), train_data, None, tmp_path).fit()
+    seen = []
+    model = tiny_cnn()
+    model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    resumed = Trainer(model, cfg(epochs=2, precision="auto"), train_data, None, tmp_path,
+                      lock=False)
+    assert resumed.cfg.precision == "fp32"
+    resumed.fit(resume=True)
+    assert resumed.cfg.precision == "bf16" and seen and set(seen) == {torch.bfloat16}
+    with pytest.raises(Exception, match="precision"):  # an explicit other precision is refused
+        Trainer(tiny_cnn(), cfg(epochs=3, precision="fp32"), train_data, None, tmp_path,
+                lock=False).fit(resume=True)
