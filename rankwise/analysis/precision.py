@@ -11,24 +11,13 @@ check), or a CUDA device with bf16 support.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
+
+from rankwise.io.export_precision import cpu_flag_set as _cpu_flags
 
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 """CPU flags of native bfloat16 arithmetic: x86 `flags`, Arm `Features` in /proc/cpuinfo."""
-
-
-def _cpu_flags() -> set[str] | None:
-    """Every flag /proc/cpuinfo lists for the first CPU (None where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
-    return set(m.group(1).split()) if m else None
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rankwise.analysis.precision import BF16_CPU_FLAGS
 from rankwise.bench.benchmarks_md import register_section
 
 
@@ -43,7 +44,7 @@ def cpu_label(machine: dict[str, Any] | None) -> str:
     """`"AMD EPYC, AVX2"`, `"…, AVX512 + avx512_bf16"`: the CPU and its bf16 instructions."""
     if not machine:
         return "not recorded"
-    bf16 = [f for f in machine.get("flags", []) if f in ("avx512_bf16", "amx_bf16")]
+    bf16 = [f for f in machine.get("flags", []) if f in BF16_CPU_FLAGS]
     return ", ".join([str(machine.get("cpu")), " + ".join(
         [str(machine.get("torch_cpu_capability")), *bf16])])
 

@@ -196,14 +196,20 @@ def cpu_model() -> str:
     return m.group(1).strip() if m else "unknown"
 
 
-def cpu_flags() -> list[str]:
-    """The `KERNEL_FLAGS` this CPU reports (sorted), from /proc/cpuinfo."""
+def cpu_flag_set() -> set[str] | None:
+    """Every flag /proc/cpuinfo lists for the first CPU (x86 `flags`, Arm `Features`); None
+    where it cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
-    m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    have = set(m.group(1).split()) if m else set()
+        return None
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
+    return set(m.group(1).split()) if m else None
+
+
+def cpu_flags() -> list[str]:
+    """The `KERNEL_FLAGS` this CPU reports (sorted), from /proc/cpuinfo."""
+    have = cpu_flag_set() or set()
     return sorted(f for f in KERNEL_FLAGS if f in have)
 
 
@@ -216,6 +222,6 @@ def cpu_features() -> dict[str, Any]:
 
 
 __all__ = ["DTYPES", "KERNEL_FLAGS", "PRECISIONS", "DeployedModel", "check_precision",
-           "cpu_features", "cpu_flags", "cpu_model", "fold_batchnorm", "load_deploy",
-           "precision_context", "prepare_input", "prepare_inputs", "prepare_module", "save_deploy",
-           "to_deploy"]
+           "cpu_features", "cpu_flag_set", "cpu_flags", "cpu_model", "fold_batchnorm",
+           "load_deploy", "precision_context", "prepare_input", "prepare_inputs",
+           "prepare_module", "save_deploy", "to_deploy"]
