@@ -9,7 +9,6 @@ allows. `precision="bf16"` runs the forward pass under `torch.autocast(device_ty
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -18,8 +17,8 @@ import torch
 from torch import nn
 
 from rankwise.analysis.macs import Inputs, call_model
-from rankwise.analysis.precision import emulated_bf16
-from rankwise.errors import ConfigError, EmulatedPrecisionWarning
+from rankwise.analysis.precision import warn_if_emulated
+from rankwise.errors import ConfigError
 from rankwise.nested import map_tensors
 
 PRECISIONS = ("fp32", "bf16")
@@ -86,8 +85,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int] | None, batch_s
     else:
         raise ConfigError("measure_latency needs input_shape or example_inputs")
     amp = autocast_for(precision, device)
-    if slow := emulated_bf16(precision, device, TIMING_FIX):
-        warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
+    warn_if_emulated(precision, device, TIMING_FIX)
 
     def run() -> None:
         with torch.no_grad(), amp:

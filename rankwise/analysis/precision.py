@@ -11,8 +11,11 @@ check), or a CUDA device with bf16 support.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
+from rankwise.errors import EmulatedPrecisionWarning
 from rankwise.io.export_precision import cpu_flag_set as _cpu_flags
 
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
@@ -56,5 +59,12 @@ def emulated_bf16(precision: str, device: torch.device | str, fix: str = TRAIN_F
             f"ResNet-20 training step: 8.0 s against 0.6 s on an AVX2 CPU); {fix}")
 
 
+def warn_if_emulated(precision: str, device: torch.device | str, fix: str = TRAIN_FIX) -> None:
+    """Raise `emulated_bf16`'s warning as an `EmulatedPrecisionWarning` pointing at the caller's
+    caller (a no-op unless `precision` is bf16 on a CPU that emulates it)."""
+    if slow := emulated_bf16(precision, device, fix):
+        warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=3)
+
+
 __all__ = ["BF16_CPU_FLAGS", "TRAIN_FIX", "TRAIN_PRECISIONS", "emulated_bf16", "native_bf16",
-           "resolve_precision"]
+           "resolve_precision", "warn_if_emulated"]

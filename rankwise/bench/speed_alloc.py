@@ -28,7 +28,6 @@ CPU deployment where a factorized model's saving is not hidden by eager PyTorch'
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from rankwise.surgery.latency_budget import (
 )
 from rankwise.surgery.latency_measure import clock_for, interleaved_ms
 from rankwise.surgery.rank import MacsBudget
+from rankwise.train.threads import allowed_cpus
 
 # (model, input side, classes, batches)
 ALLOC_MODELS = (("resnet50", 224, 1000, (1, 8)), ("resnet56", 32, 10, (1, 8)))
@@ -173,8 +173,8 @@ def run_alloc_cell(p: dict[str, Any]) -> dict[str, Any]:
                            "batch": batch, "threads": threads, "precision": prec,
                            "runtime": runtime, "macs_ratio": p["macs_ratio"],
                            "latency_ratio": p["latency_ratio"]}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if threads > int(cores or 1):
+    cores = len(allowed_cpus())
+    if threads > cores:
         out.update(measured=False, note=f"not measured (machine busy: {cores} core(s) "
                                         f"available to this process, {threads} threads asked)")
         return out

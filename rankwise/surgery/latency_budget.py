@@ -30,8 +30,8 @@ from torch import nn
 
 from rankwise.analysis.latency import RUNTIMES
 from rankwise.analysis.macs import Inputs
-from rankwise.analysis.precision import emulated_bf16
-from rankwise.errors import ConfigError, EmulatedPrecisionWarning, LatencyTargetWarning
+from rankwise.analysis.precision import warn_if_emulated
+from rankwise.errors import ConfigError, LatencyTargetWarning
 from rankwise.io.export_precision import check_precision
 from rankwise.layers import FORMATS
 from rankwise.layers.base import dense_spec_of
@@ -196,8 +196,8 @@ def latency_plan(model: nn.Module, candidates: Any, policy: LatencyBudget,
     input it sees there (a linear at its rows per sample), at `policy.batch`. Measures missing
     table entries when `policy.measure`.
     """
-    if policy.measure and (slow := emulated_bf16(policy.precision, "cpu", PLAN_FIX)):
-        warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
+    if policy.measure:
+        warn_if_emulated(policy.precision, "cpu", PLAN_FIX)
     pairs = candidate_layers(model, candidates)
     mods = {n: m for n, m in pairs if isinstance(m, (nn.Conv2d, nn.Linear))}
     shape, example, seen = layer_inputs(model, example_inputs, mods)

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankwise.analysis.accuracy import autocast
-from rankwise.analysis.precision import emulated_bf16
-from rankwise.errors import ConfigError, EmulatedPrecisionWarning, NonFiniteLossError
+from rankwise.analysis.precision import warn_if_emulated
+from rankwise.errors import ConfigError, NonFiniteLossError
 from rankwise.train import distributed as D
 from rankwise.train.batches import (
     LossFn,
@@ -87,8 +86,8 @@ class Trainer:
         self.epoch_rows: list[dict[str, Any]] = []  # logged epoch metrics, kept in checkpoints
         self.should_stop = False
         self.threads = set_threads(cfg.num_threads)  # None: the free cores (train/threads.py)
-        if (slow := emulated_bf16(cfg.precision, self.device)) and self.is_main:
-            warnings.warn(slow, EmulatedPrecisionWarning, stacklevel=2)
+        if self.is_main:
+            warn_if_emulated(cfg.precision, self.device)
         self.model = model.to(self.device)
         if cfg.channels_last:  # NHWC: also pays on CPU for factorized (1x1-heavy) models
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -34,7 +34,7 @@ def test_alloc_cells_compare_allocators_and_skip_oversubscribed_threads(tmp_path
         return [10.0] + [5.0] * (len(fns) - 1)
 
     monkeypatch.setattr(speed_alloc, "interleaved_ms", fake_ms)
-    monkeypatch.setattr(speed_alloc.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(speed_alloc, "allowed_cpus", lambda: {0})
     cells = [tiny_alloc_cell(1, "fp32"), tiny_alloc_cell(1, "bf16")]
     md = speed.run_speed_suite(tmp_path / "run", cells=cells, results_dir=tmp_path / "results",
                                command="rankwise bench speed --test").read_text()
@@ -78,7 +78,7 @@ def test_onnx_runtime_cell_exports_each_model_once(tmp_path, monkeypatch):
         return [4.0] * len(fns)
 
     monkeypatch.setattr(speed_alloc, "interleaved_ms", equal_ms)
-    monkeypatch.setattr(speed_alloc.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(speed_alloc, "allowed_cpus", lambda: {0})
     res = speed_alloc.run_alloc_cell(tiny_alloc_cell(1, "fp32", "onnxruntime").params)
     assert res["measured"] and res["runtime"] == "onnxruntime"
     assert "onnxruntime" in json.dumps(res["latency_plan"]["table_key"])
